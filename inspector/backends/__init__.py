@@ -1,0 +1,1 @@
+"""Detection backends behind one small interface (see ``base``)."""
