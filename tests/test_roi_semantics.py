@@ -21,7 +21,9 @@ def _square(side: float) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "side, level",
-    [(0.0, 0), (1.0, 0), (55.9, 0), (56.0, 1), (111.9, 1), (112.0, 2), (223.9, 2), (224.0, 3), (5000.0, 3)],
+    # mmdetection's mapping with finest_scale 56: P2 below 112 px, P3 [112, 224), P4 [224, 448), P5 above
+    [(0.0, 0), (1.0, 0), (56.0, 0), (111.9, 0), (112.0, 1), (223.9, 1), (224.0, 2), (447.9, 2), (448.0, 3),
+     (5000.0, 3)],
 )
 def test_level_mapping_boundaries(side: float, level: int) -> None:
     assert int(map_roi_levels(_square(side))[0]) == level
@@ -29,8 +31,8 @@ def test_level_mapping_boundaries(side: float, level: int) -> None:
 
 
 def test_level_mapping_uses_geometric_mean_of_width_and_height() -> None:
-    # 28 x 112 has sqrt(wh) = 56 -> P3, although its width alone says P2
-    boxes = torch.tensor([[0.0, 0.0, 28.0, 112.0]])
+    # 56 x 224 has sqrt(wh) = 112 -> P3, although its width alone says P2
+    boxes = torch.tensor([[0.0, 0.0, 56.0, 224.0]])
     assert int(map_roi_levels(boxes)[0]) == 1
 
 
@@ -51,5 +53,5 @@ def test_context_box_is_clipped_to_unpadded_image() -> None:
     boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [90.0, 40.0, 100.0, 60.0]])
     out = context_boxes(boxes, (64, 100), k=2.0)  # (height, width)
     assert torch.allclose(out[0], torch.tensor([0.0, 0.0, 30.0, 30.0]))
-    assert torch.allclose(out[1], torch.tensor([85.0, 35.0, 100.0, 64.0]))
+    assert torch.allclose(out[1], torch.tensor([85.0, 30.0, 100.0, 64.0]))
     assert math.isclose(float(out[:, 2].max()), 100.0) and math.isclose(float(out[:, 3].max()), 64.0)
