@@ -28,7 +28,7 @@ from torch import Tensor
 ROI_LEVELS: tuple[int, ...] = (2, 3, 4, 5)
 #: Feature strides of P2..P5 relative to the network input.
 ROI_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
-#: mmdetection's ``finest_scale``: a 56x56 box maps to the boundary between P2 and P3.
+#: mmdetection's ``finest_scale``: sqrt(wh) < 112 -> P2, [112, 224) -> P3, [224, 448) -> P4, larger -> P5.
 CANONICAL_SCALE: float = 56.0
 #: Added inside the log2 so that boxes exactly on a level boundary go to the upper level.
 LEVEL_EPS: float = 1e-6
