@@ -1,0 +1,133 @@
+"""Prometheus metrics of one daemon instance, served on a loopback port.
+
+Why a registry per instance (not prometheus_client's global default): tests and the soak benchmark run several
+daemons in one process, and a station's numbers must never mix with another's. Why loopback by default: the
+endpoint has no authentication; expose it through the host's scraper or a reverse proxy, never to the line LAN.
+
+Metric names (all prefixed ``rddn_``) are part of the operations contract documented in docs/operations.md.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
+from prometheus_client.exposition import start_http_server
+
+# Per-stage latencies span ~0.5 ms (publish) to seconds (CPU inference); buckets cover both ends.
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+HEALTH_STATES = ("starting", "healthy", "degraded", "stopping")
+STAGES = ("ingest", "decode", "align", "detect", "db", "publish", "move", "total")
+
+
+@dataclass
+class MetricsServer:
+    """A running exposition endpoint; ``port`` is the bound port (useful when 0 asked for a free one)."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5.0)
+
+
+class InspectorMetrics:
+    """Every number the line's monitoring needs from one station, in its own registry."""
+
+    def __init__(self, station: str, registry: CollectorRegistry | None = None) -> None:
+        self.station = station
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.info = Info("rddn_station", "Station this daemon inspects", registry=r)
+        self.info.info({"station": station})
+        self.frames = Counter(
+            "rddn_frames", "Frames finished, by camera and final status", ["camera", "status"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "rddn_stage_seconds", "Per-stage latency of a frame", ["stage"], buckets=STAGE_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("rddn_queue_depth", "Frames waiting to be processed", registry=r)
+        self.alarms = Counter("rddn_alarms", "Alarms published, by severity", ["severity"], registry=r)
+        self.backend_errors = Counter(
+            "rddn_backend_errors", "Detector failures, by kind (exception, timeout)", ["kind"], registry=r
+        )
+        self.backend_restarts = Counter("rddn_backend_restarts", "Detector backend restarts", registry=r)
+        self.template_misses = Counter(
+            "rddn_template_misses", "Frames without an active template", ["camera", "position"], registry=r
+        )
+        self.db_retries = Counter("rddn_db_retries", "Database operations retried after an error", registry=r)
+        self.last_heartbeat = Gauge(
+            "rddn_last_heartbeat_timestamp_seconds", "Unix time of the last bus heartbeat", registry=r
+        )
+        self.observers_alive = Gauge("rddn_observers_alive", "Drop-folder observers alive", registry=r)
+        self.health = Enum("rddn_health", "Station health state", states=list(HEALTH_STATES), registry=r)
+        self.health.state("starting")
+
+    # --- hooks the daemon calls -------------------------------------------------------------------------------
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Signature matches the daemon's per-stage timing hook ``(stage, seconds)``."""
+        self.stage_seconds.labels(stage=stage).observe(seconds)
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe_stage(stage, time.perf_counter() - start)
+
+    def frame_done(self, camera: str, status: str) -> None:
+        self.frames.labels(camera=camera, status=status).inc()
+
+    def alarm_published(self, severity: str) -> None:
+        self.alarms.labels(severity=severity).inc()
+
+    def backend_error(self, kind: str) -> None:
+        self.backend_errors.labels(kind=kind).inc()
+
+    def template_miss(self, camera: str, position: str) -> None:
+        self.template_misses.labels(camera=camera, position=position).inc()
+
+    def heartbeat(self, when: float | None = None) -> None:
+        self.last_heartbeat.set(time.time() if when is None else when)
+
+    def set_health(self, state: str) -> None:
+        if state not in HEALTH_STATES:
+            raise ValueError(f"unknown health state {state!r}; expected one of {HEALTH_STATES}")
+        self.health.state(state)
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.set(depth)
+
+    # --- exposition -------------------------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The text exposition format, as a scrape would see it."""
+        return generate_latest(self.registry)
+
+    def serve(self, port: int, addr: str = "127.0.0.1", allow_non_loopback: bool = False) -> MetricsServer:
+        """Start the HTTP endpoint in a daemon thread; ``port=0`` binds a free port (see ``MetricsServer.port``)."""
+        if not allow_non_loopback and not ipaddress.ip_address(addr).is_loopback:
+            raise ValueError(
+                f"metrics address {addr!r} is not loopback; the endpoint is unauthenticated "
+                "(set allow_non_loopback only behind a firewall/proxy)"
+            )
+        if not 0 <= port <= 65535:
+            raise ValueError(f"metrics port {port} out of range 0..65535")
+        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        return MetricsServer(server=server, thread=thread)
+
+
+def sample_value(metrics: InspectorMetrics, name: str, labels: dict[str, str] | None = None) -> float | None:
+    """Read one sample back (tests, STATUS= line); None when the series does not exist yet."""
+    return metrics.registry.get_sample_value(name, labels or {})

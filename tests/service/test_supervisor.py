@@ -1,0 +1,168 @@
+"""Detector supervision: a backend whose detect really blocks (on an Event) is timed out, restarted, and the
+station goes degraded -> healthy; the restart budget stops restart storms."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Sequence
+
+import numpy as np
+import pytest
+
+from inspector.backends.base import Detection
+from inspector.supervisor import (
+    DEGRADED,
+    HEALTHY,
+    DetectorTimeout,
+    InspectionUnavailable,
+    RestartBudget,
+    SupervisedDetector,
+)
+
+
+class GatedBackend:
+    """A real (tiny) detector: one box around pixels brighter than 200. ``detect`` waits on ``gate`` first,
+    so a test can make inference hang exactly like a stalled runtime would."""
+
+    class_names = ("bright",)
+    needs_template = False
+    instances: list["GatedBackend"] = []
+
+    def __init__(self, gate: threading.Event, fail: list[bool] | None = None) -> None:
+        self.gate = gate
+        self.fail = fail if fail is not None else [False]
+        self.closed = False
+        self.thread_ids: set[int] = set()
+        GatedBackend.instances.append(self)
+
+    def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
+        self.thread_ids.add(threading.get_ident())
+        self.gate.wait()
+        if self.fail[0]:
+            raise RuntimeError("runtime error from the backend")
+        out = []
+        for img in images:
+            ys, xs = np.nonzero(img.max(axis=2) > 200)
+            if len(xs) == 0:
+                out.append([])
+            else:
+                box = (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+                out.append([Detection(1, "bright", 1.0, box)])
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _frame() -> np.ndarray:
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[4:8, 10:20] = 255
+    return img
+
+
+@pytest.fixture(autouse=True)
+def _reset_instances() -> None:
+    GatedBackend.instances.clear()
+
+
+def test_detects_through_the_supervisor() -> None:
+    gate = threading.Event()
+    gate.set()
+    sup = SupervisedDetector(lambda: GatedBackend(gate), timeout_s=2.0, budget=RestartBudget(3, 60))
+    [[det]] = sup.detect([_frame()], [None])
+    assert det.box == (10.0, 4.0, 20.0, 8.0)
+    assert sup.class_names == ("bright",) and sup.state == HEALTHY
+    assert threading.get_ident() not in GatedBackend.instances[0].thread_ids  # runs on the worker thread
+    sup.close()
+    assert GatedBackend.instances[0].closed
+
+
+def test_hang_marks_degraded_restarts_and_recovers() -> None:
+    gates = [threading.Event(), threading.Event()]
+    gates[1].set()  # the second backend instance works
+    built = iter(gates)
+    states: list[tuple[str, str]] = []
+    events: list[str] = []
+    sup = SupervisedDetector(
+        lambda: GatedBackend(next(built)),
+        timeout_s=0.2,
+        budget=RestartBudget(2, 60),
+        on_state=lambda s, r: states.append((s, r)),
+        on_event=events.append,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(DetectorTimeout):
+        sup.detect([_frame()], [None])
+    assert time.monotonic() - t0 < 1.5
+    assert sup.state == DEGRADED and states[0][0] == DEGRADED and "hung" in states[0][1]
+    [[det]] = sup.detect([_frame()], [None])  # restarted backend answers
+    assert det.label == "bright"
+    assert sup.state == HEALTHY and [s for s, _ in states] == [DEGRADED, HEALTHY]
+    assert sup.restarts == 1 and events == ["timeout", "restart"]
+    gates[0].set()  # let the abandoned worker finish; its backend gets closed behind it
+    deadline = time.monotonic() + 2
+    while not GatedBackend.instances[0].closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert GatedBackend.instances[0].closed
+    sup.close()
+
+
+def test_restart_budget_exhausted_stays_unavailable() -> None:
+    gate = threading.Event()  # never opens: every instance hangs
+    sup = SupervisedDetector(lambda: GatedBackend(gate), timeout_s=0.05, budget=RestartBudget(1, 3600))
+    with pytest.raises(DetectorTimeout):
+        sup.detect([_frame()], [None])
+    with pytest.raises(DetectorTimeout):
+        sup.detect([_frame()], [None])  # the one allowed restart, hangs again
+    with pytest.raises(InspectionUnavailable, match="budget"):
+        sup.detect([_frame()], [None])
+    assert sup.state == DEGRADED and len(GatedBackend.instances) == 2
+    gate.set()
+
+
+def test_repeated_exceptions_restart_but_single_ones_do_not() -> None:
+    gate = threading.Event()
+    gate.set()
+    fail = [True]
+    sup = SupervisedDetector(
+        lambda: GatedBackend(gate, fail), timeout_s=1.0, budget=RestartBudget(5, 60), max_consecutive_errors=2
+    )
+    with pytest.raises(RuntimeError, match="runtime error"):
+        sup.detect([_frame()], [None])
+    assert sup.state == HEALTHY and len(GatedBackend.instances) == 1
+    with pytest.raises(RuntimeError):
+        sup.detect([_frame()], [None])
+    assert sup.state == DEGRADED  # two in a row: backend dropped
+    fail[0] = False
+    assert sup.detect([_frame()], [None])[0][0].label == "bright"
+    assert sup.state == HEALTHY and len(GatedBackend.instances) == 2
+    sup.close()
+
+
+def test_load_failure_after_hang_reports_unavailable() -> None:
+    gate = threading.Event()
+    calls = []
+
+    def factory() -> GatedBackend:
+        calls.append(1)
+        if len(calls) > 1:
+            raise FileNotFoundError("artifact /opt/model.onnx vanished")
+        return GatedBackend(gate)
+
+    sup = SupervisedDetector(factory, timeout_s=0.05, budget=RestartBudget(3, 60))
+    with pytest.raises(DetectorTimeout):
+        sup.detect([_frame()], [None])
+    with pytest.raises(InspectionUnavailable, match="vanished"):
+        sup.detect([_frame()], [None])
+    gate.set()
+
+
+def test_restart_budget_window_slides() -> None:
+    now = [0.0]
+    budget = RestartBudget(2, 10.0, clock=lambda: now[0])
+    assert budget.try_consume() and budget.try_consume()
+    assert not budget.try_consume() and budget.remaining() == 0
+    now[0] = 10.5
+    assert budget.remaining() == 2 and budget.try_consume()
+    with pytest.raises(ValueError):
+        RestartBudget(1, 0)
