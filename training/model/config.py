@@ -37,6 +37,7 @@ class BackboneConfig(StrictModel):
 class FPNConfig(StrictModel):
     out_channels: int = Field(256, ge=8)
     shared_output_conv: bool = False  # the paper's option: one 3x3 conv shared by all levels
+    upsample: Literal["bilinear", "nearest"] = "bilinear"  # top-down path of eq. (3); the paper says bilinear
 
 
 class RPNConfig(StrictModel):
@@ -160,4 +161,12 @@ class ModelConfig(StrictModel):
             raise ValueError("backbone.dcn needs a bottleneck ResNet (depth 50 or 101)")
         if self.backbone.pretrained and self.backbone.width != 64:
             raise ValueError("backbone.pretrained needs backbone.width=64 (torchvision's ResNet layout)")
+        if self.coco_pretrained and self.backbone.width != 64:
+            raise ValueError("coco_pretrained (a torchvision Faster R-CNN checkpoint) needs backbone.width=64")
+        if self.context.mode == "context_only" and not self.context.enabled:
+            raise ValueError("context.mode=context_only needs context.enabled=true")
+        if self.rpn.bg_iou_thresh > self.rpn.fg_iou_thresh:
+            raise ValueError(
+                f"rpn.bg_iou_thresh ({self.rpn.bg_iou_thresh}) must not exceed rpn.fg_iou_thresh ({self.rpn.fg_iou_thresh})"
+            )
         return self

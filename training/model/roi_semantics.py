@@ -70,16 +70,26 @@ def map_roi_level_scalar(width: float, height: float, num_levels: int = len(ROI_
     return int(min(max(level, 0), num_levels - 1))
 
 
-def context_boxes(boxes: Tensor, image_size: tuple[int, int], k: float = CONTEXT_SCALE) -> Tensor:
+def context_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor, k: float = CONTEXT_SCALE) -> Tensor:
     """Concentric boxes scaled by ``k`` and clipped to the image (height, width): the CR region r_c.
 
     r = (cx, cy, w, h) -> r_c = (cx, cy, k*w, k*h), then clipped to [0, W] x [0, H].
+    ``image_size`` is one (height, width) for all boxes, or a [R, 2] tensor of (height, width) per box (a batch of
+    RoIs from differently sized images).
     """
-    height, width = image_size
     cx = (boxes[:, 0] + boxes[:, 2]) * 0.5
     cy = (boxes[:, 1] + boxes[:, 3]) * 0.5
     half_w = (boxes[:, 2] - boxes[:, 0]) * (0.5 * k)
     half_h = (boxes[:, 3] - boxes[:, 1]) * (0.5 * k)
+    if isinstance(image_size, Tensor):
+        height = image_size[:, 0].to(boxes.dtype)
+        width = image_size[:, 1].to(boxes.dtype)
+        x1 = (cx - half_w).clamp(min=0.0).minimum(width)
+        y1 = (cy - half_h).clamp(min=0.0).minimum(height)
+        x2 = (cx + half_w).clamp(min=0.0).minimum(width)
+        y2 = (cy + half_h).clamp(min=0.0).minimum(height)
+        return torch.stack((x1, y1, x2, y2), dim=1)
+    height, width = image_size
     x1 = (cx - half_w).clamp(min=0.0, max=float(width))
     y1 = (cy - half_h).clamp(min=0.0, max=float(height))
     x2 = (cx + half_w).clamp(min=0.0, max=float(width))
