@@ -15,7 +15,7 @@ _LAZY = {
     "build_reader": "training.data.dataset",
     "collate_batch": "training.data.dataset",
     "DetectionDataset": "training.data.dataset",
-    "NormalAwareSampler": "training.data.sampler",
+    "Batch": "training.data.dataset",
 }
 
 __all__ = ["Sample", *_LAZY]

@@ -342,6 +342,12 @@ class SyntheticDataset(Sequence[Sample]):
     def __len__(self) -> int:
         return self.num_samples
 
+    def is_normal(self, index: int) -> bool:
+        """Whether sample ``index`` is defect-free, without rendering it (replays generate_sample's first draws)."""
+        gen = np.random.default_rng((self.seed, index))
+        gen.integers(self.spec.positions)
+        return bool(gen.random() < self.spec.normal_fraction)
+
     def __getitem__(self, index: int) -> Sample:  # type: ignore[override]
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"synthetic index {index} out of range (len {self.num_samples})")
