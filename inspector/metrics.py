@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Iterator
 from wsgiref.simple_server import WSGIServer
 
+from pydantic import BaseModel, ConfigDict, Field
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import start_http_server
 
@@ -23,6 +24,15 @@ from prometheus_client.exposition import start_http_server
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 HEALTH_STATES = ("starting", "healthy", "degraded", "stopping")
 STAGES = ("ingest", "decode", "align", "detect", "db", "publish", "move", "total")
+
+
+class MetricsConfig(BaseModel):
+    """The ``metrics`` section of a station config. ``port: null`` disables the endpoint; 0 picks a free port."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    port: int | None = Field(None, ge=0, le=65535)
+    address: str = "127.0.0.1"
 
 
 @dataclass

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from .backends.base import Detection, DetectorBackend
 
@@ -32,6 +33,21 @@ log = logging.getLogger(__name__)
 
 HEALTHY = "healthy"
 DEGRADED = "degraded"
+
+
+class SupervisionConfig(BaseModel):
+    """The ``supervision`` section of a station config: deadlines, restart budget, database retry backoff."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    detect_timeout_s: float = Field(30.0, gt=0)  # one inference; CPU RDDN takes ~1 s, TensorRT ~20 ms
+    load_timeout_s: float = Field(900.0, gt=0)  # loading (and possibly building) the backend
+    max_restarts: int = Field(3, ge=0)  # backend restarts allowed ...
+    restart_window_s: float = Field(600.0, gt=0)  # ... per sliding window
+    max_consecutive_errors: int = Field(3, ge=1)
+    db_retry_initial_s: float = Field(0.5, gt=0)
+    db_retry_max_s: float = Field(30.0, gt=0)
+    stall_s: float = Field(120.0, gt=0)  # work waiting and no frame finished this long: stop WATCHDOG=1
 
 
 class DetectorTimeout(RuntimeError):
@@ -275,3 +291,80 @@ class SupervisedDetector:
         else:
             worker.post(backend.close)
         worker.retire()
+
+
+class Backoff:
+    """Exponential retry delays (``initial_s`` doubling up to ``max_s``), reset on success.
+
+    Used for the database: when SQLite is locked by another writer or PostgreSQL is down, the frame waits and is
+    retried after 0.5, 1, 2, 4 ... s instead of being quarantined (the frame is fine; the station is not).
+    """
+
+    def __init__(self, initial_s: float = 0.5, max_s: float = 30.0, factor: float = 2.0) -> None:
+        if initial_s <= 0 or max_s < initial_s or factor < 1:
+            raise ValueError(f"bad backoff: initial_s={initial_s}, max_s={max_s}, factor={factor}")
+        self.initial_s, self.max_s, self.factor = initial_s, max_s, factor
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.max_s, self.initial_s * self.factor ** self.attempts)
+        self.attempts += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class StationHealth:
+    """The station's health: healthy unless some component (detector, database, ...) reports a problem.
+
+    Components report with :meth:`degrade` / :meth:`recover`; every change of the overall state (or of the
+    reasons) calls the listeners once, e.g. the bus ("inspection unavailable: database locked"), Prometheus, and
+    the systemd STATUS line. Thread-safe: the pipeline worker, the detector supervisor and the bus all report.
+    """
+
+    def __init__(self) -> None:
+        self._problems: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str, dict[str, str]], None]] = []
+
+    def subscribe(self, listener: Callable[[str, dict[str, str]], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            return DEGRADED if self._problems else HEALTHY
+
+    @property
+    def problems(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._problems)
+
+    def degrade(self, component: str, reason: str) -> None:
+        with self._lock:
+            if self._problems.get(component) == reason:
+                return
+            self._problems[component] = reason
+            snapshot = dict(self._problems)
+        self._notify(DEGRADED, snapshot)
+
+    def recover(self, component: str) -> None:
+        with self._lock:
+            if component not in self._problems:
+                return
+            del self._problems[component]
+            snapshot = dict(self._problems)
+        self._notify(DEGRADED if snapshot else HEALTHY, snapshot)
+
+    def _notify(self, state: str, problems: dict[str, str]) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(state, problems)
+            except Exception:  # noqa: BLE001 - a failing listener (bus down) must not block the others
+                log.exception("health listener failed")
+
+    def as_dict(self) -> dict[str, object]:
+        """For heartbeats: ``{"state": ..., "problems": {...}}``."""
+        problems = self.problems
+        return {"state": DEGRADED if problems else HEALTHY, "problems": problems}

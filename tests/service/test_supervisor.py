@@ -166,3 +166,37 @@ def test_restart_budget_window_slides() -> None:
     assert budget.remaining() == 2 and budget.try_consume()
     with pytest.raises(ValueError):
         RestartBudget(1, 0)
+
+
+def test_backoff_doubles_to_a_cap_and_resets() -> None:
+    from inspector.supervisor import Backoff
+
+    b = Backoff(0.5, 3.0)
+    assert [b.next_delay() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    b.reset()
+    assert b.next_delay() == 0.5
+    with pytest.raises(ValueError, match="bad backoff"):
+        Backoff(0, 1)
+
+
+def test_station_health_aggregates_components() -> None:
+    from inspector.supervisor import StationHealth
+
+    health = StationHealth()
+    seen: list[tuple[str, dict[str, str]]] = []
+    health.subscribe(lambda state, problems: seen.append((state, problems)))
+    health.subscribe(lambda state, problems: (_ for _ in ()).throw(RuntimeError("bus down")))  # must not block
+    health.degrade("database", "database is locked")
+    health.degrade("database", "database is locked")  # same reason: no new notification
+    health.degrade("detector", "inference hung")
+    health.recover("database")
+    assert health.state == DEGRADED
+    health.recover("detector")
+    health.recover("detector")
+    assert seen == [
+        (DEGRADED, {"database": "database is locked"}),
+        (DEGRADED, {"database": "database is locked", "detector": "inference hung"}),
+        (DEGRADED, {"detector": "inference hung"}),
+        (HEALTHY, {}),
+    ]
+    assert health.as_dict() == {"state": HEALTHY, "problems": {}}
