@@ -1,0 +1,78 @@
+"""ONNX Runtime backend (the CPU default): runs an artifact directory exactly as ``engines/artifact.py`` documents.
+
+Resizing is outside the graph (stretch to the input size with OpenCV, boxes scaled back per axis); normalisation
+and NMS are inside it. Labels in the graph are 0-based indices into ``class_names``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from engines.artifact import ArtifactMetadata, sha256_file
+from inspector.backends.base import Detection
+
+
+class OnnxRuntimeBackend:
+    def __init__(self, artifact_dir: Path | str, providers: Sequence[str] | None = None, intra_op_threads: int = 0,
+                 verify_hash: bool = True) -> None:
+        import onnxruntime as ort  # lazy: keeps `inspector --help` fast
+
+        self.artifact_dir = Path(artifact_dir)
+        self.metadata = ArtifactMetadata.load(self.artifact_dir)
+        model_path = self.artifact_dir / self.metadata.model_file
+        if not model_path.is_file():
+            raise FileNotFoundError(f"{self.artifact_dir / 'metadata.json'}: model_file '{self.metadata.model_file}' "
+                                    f"not found at {model_path}")
+        if verify_hash and sha256_file(model_path) != self.metadata.model_sha256:
+            raise ValueError(f"{model_path}: sha256 does not match metadata.json model_sha256 (corrupt or swapped file)")
+        self.class_names = tuple(self.metadata.class_names)
+        self.uses_template = self.metadata.needs_template or self.metadata.tr_post
+        self.needs_template = self.metadata.needs_template
+        self.model_sha256 = self.metadata.model_sha256
+        self.precision = self.metadata.precision
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = int(intra_op_threads)
+        self.session = ort.InferenceSession(str(model_path), options,
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+        inputs = {i.name for i in self.session.get_inputs()}
+        expected = {"image", "template"} if self.uses_template else {"image"}
+        if inputs != expected:
+            raise ValueError(f"{model_path}: graph inputs {sorted(inputs)} != {sorted(expected)} expected from "
+                             f"metadata.json (needs_template={self.metadata.needs_template}, tr_post={self.metadata.tr_post})")
+        self._size = (self.metadata.preprocessing.input_width, self.metadata.preprocessing.input_height)
+
+    def _prepare(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        w, h = self._size
+        batch = [cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) if f.shape[:2] != (h, w) else f for f in frames]
+        return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
+        if not images:
+            return []
+        feeds = {"image": self._prepare(images)}
+        if self.uses_template:
+            if any(t is None for t in templates):
+                if self.needs_template:
+                    raise ValueError("this model needs a template for every frame")
+                templates = [t if t is not None else img for t, img in zip(templates, images)]  # TR-Post off
+            feeds["template"] = self._prepare(templates)  # type: ignore[arg-type]
+        boxes, scores, labels, counts = self.session.run(["boxes", "scores", "labels", "num_detections"], feeds)
+        w, h = self._size
+        results: list[list[Detection]] = []
+        for i, img in enumerate(images):
+            sx, sy = img.shape[1] / w, img.shape[0] / h
+            dets = []
+            for b, s, lab in zip(boxes[i, : int(counts[i])], scores[i, : int(counts[i])], labels[i, : int(counts[i])]):
+                lab = int(lab)
+                name = self.class_names[lab] if 0 <= lab < len(self.class_names) else f"class_{lab}"
+                dets.append(Detection(lab, name, float(s), (float(b[0]) * sx, float(b[1]) * sy,
+                                                            float(b[2]) * sx, float(b[3]) * sy)))
+            results.append(dets)
+        return results
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]

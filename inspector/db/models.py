@@ -1,0 +1,147 @@
+"""Results database schema (SQLAlchemy 2 typed ORM). The Alembic migrations in ``inspector/migrations`` create
+exactly this; ``tests/inspector/test_db.py`` checks the two never drift apart.
+
+Idempotency lives in the schema: a frame is unique on (camera, name, sha256), so whatever restarts happen one
+frame gives one result row. Alarms are unique on (session, seq): the gap-free sequence the bus promises.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Station(Base):
+    __tablename__ = "stations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Camera(Base):
+    __tablename__ = "cameras"
+    __table_args__ = (UniqueConstraint("station_id", "name", name="uq_cameras_station_name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    drop_folder: Mapped[str | None] = mapped_column(Text)
+
+
+class Template(Base):
+    """One version of the reference image of (camera, position); exactly one active version per position."""
+
+    __tablename__ = "templates"
+    __table_args__ = (
+        UniqueConstraint("camera_id", "position", "version", name="uq_templates_version"),
+        Index("ix_templates_lookup", "camera_id", "position", "active"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id", ondelete="CASCADE"))
+    position: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelRecord(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("sha256", "backend", name="uq_models_sha_backend"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    backend: Mapped[str] = mapped_column(String(32))
+    precision: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str | None] = mapped_column(Text)
+    class_names: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Frame(Base):
+    """One input file's result. ``status``: ok | defective | quarantined."""
+
+    __tablename__ = "frames"
+    __table_args__ = (
+        UniqueConstraint("camera_id", "name", "sha256", name="uq_frames_identity"),
+        Index("ix_frames_camera_position_time", "camera_id", "position", "processed_at"),
+        Index("ix_frames_processed_at", "processed_at"),
+        Index("ix_frames_status", "status"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    position: Mapped[str | None] = mapped_column(String(128))
+    serial: Mapped[str | None] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    source_path: Mapped[str] = mapped_column(Text)
+    stored_path: Mapped[str | None] = mapped_column(Text)
+    annotated_path: Mapped[str | None] = mapped_column(Text)
+    captured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
+    shift_x: Mapped[float | None] = mapped_column(Float)
+    shift_y: Mapped[float | None] = mapped_column(Float)
+    align_response: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    stage_ms: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    detections: Mapped[list["DetectionRow"]] = relationship(back_populates="frame", cascade="all, delete-orphan",
+                                                            lazy="selectin")
+
+
+class DetectionRow(Base):
+    __tablename__ = "detections"
+    __table_args__ = (Index("ix_detections_class_score", "class_name", "score"),
+                      Index("ix_detections_frame", "frame_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
+    class_id: Mapped[int] = mapped_column(Integer)
+    class_name: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    x1: Mapped[float] = mapped_column(Float)
+    y1: Mapped[float] = mapped_column(Float)
+    x2: Mapped[float] = mapped_column(Float)
+    y2: Mapped[float] = mapped_column(Float)
+    frame: Mapped[Frame] = relationship(back_populates="detections")
+
+
+class BusSession(Base):
+    """One run of the daemon's alarm bus; its alarms carry a gap-free sequence 1, 2, 3, ..."""
+
+    __tablename__ = "bus_sessions"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Alarm(Base):
+    """``state``: raised (committed) -> published (sent on the PUB socket). ``payload`` is the exact JSON
+    sent, so a replay is byte-identical to the live message."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_alarms_session_seq"),
+                      Index("ix_alarms_created", "created_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("bus_sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), default="raised")
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,39 @@
+"""Small helpers that make sure the station's reference rows exist (station, cameras, model) before frames do."""
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from inspector.config import StationConfig
+from inspector.db.models import Camera, ModelRecord, Station
+
+
+def ensure_station(factory: sessionmaker[Session], cfg: StationConfig) -> dict[str, int]:
+    """Insert the station and its cameras if missing; returns camera name -> camera row id."""
+    with factory.begin() as session:
+        if session.get(Station, cfg.station) is None:
+            session.add(Station(id=cfg.station))
+            session.flush()
+        ids: dict[str, int] = {}
+        for cam in cfg.cameras:
+            row = session.scalar(select(Camera).where(Camera.station_id == cfg.station, Camera.name == cam.id))
+            if row is None:
+                row = Camera(station_id=cfg.station, name=cam.id, drop_folder=str(cam.drop_folder))
+                session.add(row)
+                session.flush()
+            else:
+                row.drop_folder = str(cam.drop_folder)
+            ids[cam.id] = row.id
+        return ids
+
+
+def register_model(factory: sessionmaker[Session], sha256: str, backend: str, precision: str, path: str | None,
+                   class_names: list[str]) -> int:
+    """Row id of the (sha256, backend) model, inserting it the first time it is seen."""
+    with factory.begin() as session:
+        row = session.scalar(select(ModelRecord).where(ModelRecord.sha256 == sha256, ModelRecord.backend == backend))
+        if row is None:
+            row = ModelRecord(sha256=sha256, backend=backend, precision=precision, path=path, class_names=class_names)
+            session.add(row)
+            session.flush()
+        return row.id

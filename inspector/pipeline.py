@@ -1,0 +1,323 @@
+"""One frame, start to finish: ingest -> decode -> align -> detect -> DB commit -> publish -> store.
+
+The order is the durability argument: the file leaves the drop folder only after its result (and its alarm, with
+its sequence number) is committed, and the alarm is published only after that commit. A crash anywhere leaves
+the file in the drop folder (reprocessed at start, or recognised as done by its (camera, name, sha256) row), or
+a committed alarm the replay endpoint can serve. Nothing is lost and nothing is counted twice.
+
+Per-stage timings go to ``stage_hooks`` (stage name, seconds) and each outcome to ``frame_hooks``: the seams the
+service work (Prometheus etc.) plugs into without touching this module.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from inspector.align import align_template
+from inspector.annotate import save_annotated
+from inspector.backends.base import Detection, DetectorBackend
+from inspector.bus import SCHEMA_VERSION, AlarmBus, AlarmSequencer
+from inspector.config import SEVERITY_RANK, CameraConfig, StationConfig
+from inspector.db.models import Alarm, BusSession, DetectionRow, Frame
+from inspector.ingest import FrameJob, sha256_bytes
+from inspector.logging_json import log_fields
+from inspector.naming import FrameName, FrameNameError, parse_frame_name
+from inspector.storage import dated_dir, move_file, quarantine_file, unique_destination
+from inspector.templates import TemplateStore
+
+log = logging.getLogger("inspector.pipeline")
+STAGES = ("ingest", "decode", "align", "detect", "annotate", "db", "publish", "move")
+
+StageHook = Callable[[str, float], None]  # (stage, seconds), e.g. InspectorMetrics.observe_stage
+
+
+class Quarantine(Exception):
+    """Raised inside the pipeline to send the frame to quarantine with ``kind`` and a human message."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class FrameOutcome:
+    job: FrameJob
+    status: str  # ok | defective | quarantined | duplicate | gone
+    frame_id: int | None = None
+    reason: str | None = None
+    reason_kind: str | None = None
+    detections: list[Detection] = field(default_factory=list)
+    severity: str | None = None
+    alarm_seq: int | None = None
+    shift: tuple[float, float] | None = None
+    destination: Path | None = None
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    t_result: float = 0.0  # perf_counter when detection finished (alarm latency reference)
+
+
+FrameHook = Callable[[FrameOutcome], None]
+
+
+class _Laps:
+    """Accumulating stopwatch: ``lap(stage)`` charges the time since the previous lap to ``stage``."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1000.0
+        self._t = now
+        return now
+
+
+def is_complete_image(data: bytes, suffix: str) -> bool:
+    """JPEG must end with EOI, PNG with IEND: a truncated file decodes to a half-grey image otherwise."""
+    tail = data[-32:]
+    if suffix in (".jpg", ".jpeg"):
+        return b"\xff\xd9" in tail
+    if suffix == ".png":
+        return b"IEND" in tail
+    return True
+
+
+def decode_rgb(data: bytes, suffix: str) -> np.ndarray:
+    if not is_complete_image(data, suffix):
+        raise Quarantine("corrupt", f"truncated {suffix} file (no end marker)")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise Quarantine("corrupt", "not a decodable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+class Pipeline:
+    def __init__(self, cfg: StationConfig, factory: sessionmaker[Session], camera_ids: dict[str, int],
+                 templates: TemplateStore, backend: DetectorBackend, model_id: int | None,
+                 sequencer: AlarmSequencer, bus: AlarmBus | None = None) -> None:
+        self.factory = factory
+        self.camera_ids = camera_ids
+        self.templates = templates
+        self.backend = backend
+        self.model_id = model_id
+        self.sequencer = sequencer
+        self.bus = bus
+        self.stage_hooks: list[StageHook] = []
+        self.frame_hooks: list[FrameHook] = []
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()  # serialises process(): one frame in flight, gap-free sequence
+        self.configure(cfg)
+
+    def configure(self, cfg: StationConfig) -> None:
+        """Apply a (re)loaded config: thresholds, rules, retention and camera patterns take effect next frame."""
+        self.cfg = cfg
+        self._patterns = {c.id: re.compile(c.pattern) for c in cfg.cameras}
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def _existing(self, camera_id: int, name: str, digest: str) -> Frame | None:
+        with self.factory() as db:
+            return db.scalar(select(Frame).where(Frame.camera_id == camera_id, Frame.name == name,
+                                                 Frame.sha256 == digest))
+
+    def _select(self, detections: list[Detection]) -> tuple[list[Detection], list[str | None], str | None]:
+        """Drop detections under their class threshold; severity per detection and the frame's worst."""
+        kept = [d for d in detections if d.score >= self.cfg.thresholds.for_class(d.label)]
+        sev = [self.cfg.severity_for(d.label, d.score, d.area) for d in kept]
+        ranked = [s for s in sev if s is not None]
+        worst = max(ranked, key=lambda s: SEVERITY_RANK[s]) if ranked else None
+        return kept, sev, worst
+
+    def _alarm_payload(self, cam: CameraConfig, job: FrameJob, name: FrameName, frame: Frame, seq: int, worst: str,
+                       kept: list[Detection], sev: list[str | None]) -> str:
+        return json.dumps({
+            "schema": SCHEMA_VERSION, "type": "alarm", "station": self.cfg.station,
+            "session": self.sequencer.session_id, "seq": seq, "severity": worst,
+            "camera": cam.id, "position": name.position, "serial": name.serial,
+            "frame": job.path.name, "frame_id": frame.id, "sha256": frame.sha256,
+            "captured_at": name.timestamp.isoformat() if name.timestamp else None,
+            "processed_at": frame.processed_at.isoformat(), "shift": [frame.shift_x, frame.shift_y],
+            "annotated": frame.annotated_path, "stored": frame.stored_path,
+            "detections": [{"class": d.label, "class_id": d.class_id, "score": round(d.score, 4),
+                            "box": [round(v, 1) for v in d.box], "area": round(d.area, 1), "severity": s}
+                           for d, s in zip(kept, sev)],
+        }, separators=(",", ":"))
+
+    # -- the frame ------------------------------------------------------------------------------------------
+    def process(self, job: FrameJob) -> FrameOutcome:
+        with self._lock:
+            laps = _Laps()
+            outcome = self._process(job, laps)
+            outcome.stage_ms = laps.ms
+        self.counts[outcome.status] += 1
+        if outcome.reason_kind:
+            self.counts[f"quarantined_{outcome.reason_kind}"] += 1
+        for hook in self.stage_hooks:
+            for stage, ms in outcome.stage_ms.items():
+                hook(stage, ms / 1000.0)
+        for frame_hook in self.frame_hooks:
+            frame_hook(outcome)
+        return outcome
+
+    def _process(self, job: FrameJob, laps: _Laps) -> FrameOutcome:
+        cam = self.cfg.camera(job.camera)
+        camera_id = self.camera_ids[cam.id]
+        try:
+            data = job.path.read_bytes()
+        except FileNotFoundError:
+            return FrameOutcome(job, "gone")
+        digest = sha256_bytes(data)
+        existing = self._existing(camera_id, job.path.name, digest)
+        if existing is not None:
+            return self._finish_duplicate(job, existing, laps)
+        name: FrameName | None = None
+        try:
+            if not data:
+                raise Quarantine("empty", "zero-byte file")
+            name = self._parse_name(cam, job.path.name)
+            laps.lap("ingest")
+            image = decode_rgb(data, job.path.suffix.lower())
+            laps.lap("decode")
+            template, template_id, shift, response = self._aligned_template(cam, name, image)
+            laps.lap("align")
+            detections = self.backend.detect([image], [template])[0]
+            t_result = laps.lap("detect")
+        except Quarantine as q:
+            return self._quarantine(job, cam, camera_id, digest, name, q.kind, q.message, laps)
+        except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
+            log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
+            return self._quarantine(job, cam, camera_id, digest, name, "error",
+                                    f"processing error: {type(exc).__name__}: {exc}", laps)
+        return self._commit_result(job, cam, camera_id, digest, name, image, detections, template_id, shift,
+                                   response, t_result, laps)
+
+    def _parse_name(self, cam: CameraConfig, filename: str) -> FrameName:
+        try:
+            return parse_frame_name(self._patterns[cam.id], filename)
+        except FrameNameError as exc:
+            raise Quarantine("bad_name", str(exc)) from None
+
+    def _aligned_template(self, cam: CameraConfig, name: FrameName, image: np.ndarray):
+        active = self.templates.active(cam.id, name.position)
+        if active is None:
+            if self.backend.needs_template:
+                raise Quarantine("no_template", f"no active template for camera '{cam.id}' position "
+                                                f"'{name.position}' and the model needs one")
+            return None, None, None, None
+        a = self.cfg.alignment
+        result = align_template(image, active.image, a.method, a.max_shift, a.downscale)
+        return result.template, active.id, result.shift, result.response
+
+    def _destination(self, root_name: str, cam: CameraConfig, name: str, digest: str, when: datetime) -> Path:
+        return unique_destination(dated_dir(self.cfg.dir_for(root_name), cam.id, when), name, digest)  # type: ignore[arg-type]
+
+    def _commit_result(self, job, cam, camera_id, digest, name, image, detections, template_id, shift, response,
+                       t_result, laps) -> FrameOutcome:
+        now = datetime.now(timezone.utc)
+        kept, sev, worst = self._select(detections)
+        status = "defective" if kept else "ok"
+        dest = None
+        if not (status == "ok" and self.cfg.retention.delete_ok_frames):
+            dest = self._destination("processed", cam, job.path.name, digest, now)
+        annotated = None
+        if kept and self.cfg.save_annotated:
+            stem = Path(job.path.name).stem
+            annotated = save_annotated(dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{stem}-{digest[:8]}.jpg",
+                                       image, kept, sev)
+        laps.lap("annotate")
+        seq = None
+        try:
+            with self.factory.begin() as db:
+                frame = Frame(camera_id=camera_id, name=job.path.name, sha256=digest, position=name.position,
+                              serial=name.serial, status=status, source_path=str(job.path),
+                              stored_path=str(dest) if dest else None,
+                              annotated_path=str(annotated) if annotated else None, captured_at=name.timestamp,
+                              processed_at=now, template_id=template_id, model_id=self.model_id,
+                              shift_x=shift[0] if shift else None, shift_y=shift[1] if shift else None,
+                              align_response=response, latency_ms=(t_result - job.offered_at) * 1000.0,
+                              stage_ms={k: round(v, 3) for k, v in laps.ms.items()})
+                db.add(frame)
+                db.flush()
+                db.add_all([DetectionRow(frame_id=frame.id, class_id=d.class_id, class_name=d.label, score=d.score,
+                                         x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]) for d in kept])
+                alarm = None
+                if worst is not None:
+                    seq = self.sequencer.peek()
+                    payload = self._alarm_payload(cam, job, name, frame, seq, worst, kept, sev)
+                    alarm = Alarm(session_id=self.sequencer.session_id, seq=seq, frame_id=frame.id, severity=worst,
+                                  state="raised", payload=payload)
+                    db.add(alarm)
+                    db.execute(update(BusSession).where(BusSession.id == self.sequencer.session_id)
+                               .values(last_seq=seq))
+                    db.flush()
+        except IntegrityError:
+            existing = self._existing(camera_id, job.path.name, digest)
+            if existing is None:
+                raise
+            return self._finish_duplicate(job, existing, laps)
+        if seq is not None:
+            self.sequencer.advance(seq)
+        laps.lap("db")
+        if alarm is not None and self.bus is not None:
+            self.bus.publish_alarm(worst, payload, seq, alarm.id, t_result)
+        laps.lap("publish")
+        self._store(job.path, dest)
+        laps.lap("move")
+        log.debug("frame done", **log_fields(camera=cam.id, frame=job.path.name, status=status, seq=seq))
+        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=shift,
+                            destination=dest, t_result=t_result)
+
+    def _store(self, src: Path, dest: Path | None) -> None:
+        try:
+            if dest is None:
+                src.unlink(missing_ok=True)
+            elif src.exists():
+                move_file(src, dest)
+        except OSError:
+            log.exception("cannot move frame out of the drop folder", **log_fields(frame=str(src), dest=str(dest)))
+
+    def _quarantine(self, job, cam, camera_id, digest, name, kind, message, laps) -> FrameOutcome:
+        now = datetime.now(timezone.utc)
+        dest = self._destination("quarantine", cam, job.path.name, digest, now)
+        reason = {"station": self.cfg.station, "camera": cam.id, "frame": job.path.name, "sha256": digest,
+                  "kind": kind, "reason": message, "time": now.isoformat(), "source": str(job.path)}
+        with self.factory.begin() as db:
+            frame = Frame(camera_id=camera_id, name=job.path.name, sha256=digest,
+                          position=name.position if name else None, serial=name.serial if name else None,
+                          status="quarantined", reason=f"{kind}: {message}", source_path=str(job.path),
+                          stored_path=str(dest), processed_at=now, model_id=self.model_id,
+                          stage_ms={k: round(v, 3) for k, v in laps.ms.items()})
+            db.add(frame)
+        laps.lap("db")
+        quarantine_file(job.path, dest, reason)
+        laps.lap("move")
+        log.warning("frame quarantined", **log_fields(camera=cam.id, frame=job.path.name, kind=kind, reason=message))
+        return FrameOutcome(job, "quarantined", frame.id, reason=message, reason_kind=kind, destination=dest)
+
+    def _finish_duplicate(self, job: FrameJob, row: Frame, laps: _Laps) -> FrameOutcome:
+        """The result is already committed (a restart between commit and move, or the same content dropped
+        again): only the file disposition is left to do, never a second row or alarm."""
+        target = Path(row.stored_path) if row.stored_path else None
+        if target is not None and target.exists():
+            job.path.unlink(missing_ok=True)  # identical content (same sha256) already stored
+        elif row.status == "quarantined" and target is not None:
+            quarantine_file(job.path, target, {"frame": job.path.name, "sha256": row.sha256,
+                                               "reason": row.reason, "frame_id": row.id})
+        else:
+            self._store(job.path, target)
+        laps.lap("move")
+        return FrameOutcome(job, "duplicate", row.id, destination=target)

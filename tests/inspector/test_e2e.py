@@ -1,0 +1,152 @@
+"""End to end: real observer, real SQLite, real ZeroMQ, the real difference detector, synthetic frames."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from inspector.db import Alarm, DetectionRow, Frame
+
+
+def frame_rows(daemon) -> list[Frame]:
+    with daemon.factory() as db:
+        return list(db.scalars(select(Frame).order_by(Frame.id)))
+
+
+def covers(det, gt) -> bool:
+    """The detection contains the true defect's centre (tiny defects get padded boxes from the morphology)."""
+    cx, cy = (gt[0] + gt[2]) / 2, (gt[1] + gt[3]) / 2
+    return det[0] - 1 <= cx <= det[2] + 1 and det[1] - 1 <= cy <= det[3] + 1
+
+
+def test_frames_flow_to_db_bus_and_processed(make_config, start_daemon, frames, tails, wait):
+    cfg = make_config()
+    daemon = start_daemon(cfg)
+    tail = tails(daemon, after=0)
+    drop = cfg.cameras[0].drop_folder
+    truth = {}
+    plan = [("P00_a1.jpg", 0, False, False), ("P01_a2.jpg", 1, True, True), ("P00_a3.jpg", 0, True, False),
+            ("P01_a4.jpg", 1, False, True), ("P00_a5.jpg", 0, True, True)]
+    for name, pos, defective, rename in plan:
+        truth[name] = frames.drop(drop, name, pos, defective, via_rename=rename)
+
+    wait(lambda: len(frame_rows(daemon)) == 5 and daemon.wait_idle(0.1))
+    rows = {r.name: r for r in frame_rows(daemon)}
+    for name, _, defective, _ in plan:
+        row = rows[name]
+        assert row.status == ("defective" if defective else "ok"), (name, row.status, row.reason)
+        assert row.position == name[:3] and row.serial == name[4:6]
+        assert row.shift_x is not None and abs(row.shift_x) <= 5 and abs(row.shift_y) <= 5
+        boxes = [(d.x1, d.y1, d.x2, d.y2) for d in row.detections]
+        for gt in truth[name]:  # every true defect found
+            assert any(covers(b, gt) for b in boxes), (name, gt.tolist(), boxes)
+        assert len(boxes) <= len(truth[name]) + 1, (name, boxes)  # aligned: no flood of false boxes
+        stored = Path(row.stored_path)
+        assert stored.is_file() and stored.parent.parent.name == "cam1" and stored.parent.parent.parent == cfg.dir_for("processed")
+        if defective:
+            assert Path(row.annotated_path).is_file()
+    assert sorted(p.name for p in drop.iterdir()) == []
+
+    wait(lambda: len(tail.alarms) == 3)
+    assert tail.seqs() == [1, 2, 3]
+    assert {a["frame"] for a in tail.alarms} == {"P01_a2.jpg", "P00_a3.jpg", "P00_a5.jpg"}
+    first = tail.alarms[0]
+    assert first["schema"] == 1 and first["station"] == "teststation" and first["camera"] == "cam1"
+    assert first["session"] == daemon.sequencer.session_id and first["detections"]
+    with daemon.factory() as db:
+        wait(lambda: db.scalar(select(func.count()).select_from(Alarm).where(Alarm.state == "published")) == 3)
+        assert db.scalar(select(func.count()).select_from(DetectionRow)) >= 5
+    assert daemon.bus.publish_latency_ms and max(daemon.bus.publish_latency_ms) < 1000
+
+
+def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_daemon, frames, wait):
+    cfg = make_config()
+    daemon = start_daemon(cfg)
+    drop = cfg.cameras[0].drop_folder
+    good, _ = frames.jpeg(0, False)
+    (drop / "P00_corrupt.jpg").write_bytes(os.urandom(2000))
+    frames.drop(drop, "P00_good1.jpg", 0)
+    (drop / "P00_empty.jpg").write_bytes(b"")
+    (drop / "P00_trunc.jpg").write_bytes(good[: len(good) // 2])
+    frames.drop(drop, "P07_unknown.jpg", 0)  # no template for P07
+    (drop / "no pattern here.jpg").write_bytes(good)
+    frames.drop(drop, "P01_good2.jpg", 1, via_rename=True)
+    (drop / "notes.txt").write_text("not a frame")  # other extension: ignored
+    (drop / "P00_x.jpg.part").write_bytes(good)  # temp name: ignored
+
+    wait(lambda: len(frame_rows(daemon)) == 7 and daemon.wait_idle(0.1))
+    rows = {r.name: r for r in frame_rows(daemon)}
+    assert rows["P00_good1.jpg"].status == "ok" and rows["P01_good2.jpg"].status == "ok"
+    expected = {"P00_corrupt.jpg": "corrupt", "P00_empty.jpg": "empty", "P00_trunc.jpg": "corrupt",
+                "P07_unknown.jpg": "no_template", "no pattern here.jpg": "bad_name"}
+    for name, kind in expected.items():
+        row = rows[name]
+        assert row.status == "quarantined" and row.reason.startswith(kind), (name, row.reason)
+        moved = Path(row.stored_path)
+        assert moved.is_file() and cfg.dir_for("quarantine") in moved.parents
+        reason = json.loads(moved.with_name(moved.name + ".reason.json").read_text())
+        assert reason["kind"] == kind and reason["frame"] == name and reason["reason"]
+    assert "P07" in rows["P07_unknown.jpg"].reason
+    assert sorted(p.name for p in drop.iterdir()) == ["P00_x.jpg.part", "notes.txt"]
+    assert daemon.pipeline.counts["quarantined_no_template"] == 1
+    assert daemon.health()["counts"]["quarantined"] == 5
+
+
+def test_restart_processes_frames_that_arrived_while_down(make_config, start_daemon, frames, tails, wait):
+    cfg = make_config()
+    first = start_daemon(cfg)
+    drop = cfg.cameras[0].drop_folder
+    frames.drop(drop, "P00_r1.jpg", 0, defective=True)
+    wait(lambda: len(frame_rows(first)) == 1 and first.wait_idle(0.1))
+    old_session = first.sequencer.session_id
+    done = Path(frame_rows(first)[0].stored_path)
+    first.stop()
+
+    # while down: new frames, and a crash-after-commit leftover (same name and content back in the drop folder)
+    for i in range(3):
+        frames.drop(drop, f"P01_down{i}.jpg", 1, defective=(i == 1))
+    (drop / "P00_r1.jpg").write_bytes(done.read_bytes())
+    done.unlink()
+
+    second = start_daemon(cfg, templates=False)  # templates come from the database
+    wait(lambda: len(frame_rows(second)) == 4 and second.wait_idle(0.1))
+    rows = frame_rows(second)
+    assert [r.name for r in rows].count("P00_r1.jpg") == 1  # idempotent: no second row
+    assert {r.name for r in rows} == {"P00_r1.jpg", "P01_down0.jpg", "P01_down1.jpg", "P01_down2.jpg"}
+    assert sorted(p.name for p in drop.iterdir()) == []
+    assert done.is_file()  # the leftover went where its committed row says
+    with second.factory() as db:
+        alarms = db.execute(select(Alarm.session_id, Alarm.seq).order_by(Alarm.id)).all()
+    assert alarms == [(old_session, 1), (second.sequencer.session_id, 1)]
+    assert second.sequencer.session_id != old_session
+
+
+def test_late_subscriber_replays_what_it_missed(make_config, start_daemon, frames, tails, wait):
+    cfg = make_config()
+    daemon = start_daemon(cfg)
+    drop = cfg.cameras[0].drop_folder
+    for i in range(3):
+        frames.drop(drop, f"P00_l{i}.jpg", 0, defective=True)
+    wait(lambda: daemon.sequencer.last_seq == 3 and daemon.wait_idle(0.1))
+
+    late = tails(daemon, after=0)  # joins after three alarms: replays them from the database
+    wait(lambda: len(late.alarms) == 3)
+    resume = tails(daemon, after=2, session=daemon.sequencer.session_id)  # a gateway that had seen 1..2
+    frames.drop(drop, "P01_l3.jpg", 1, defective=True)
+    wait(lambda: len(late.alarms) == 4 and len(resume.alarms) == 2)
+    assert late.seqs() == [1, 2, 3, 4] and resume.seqs() == [3, 4]
+    assert late.tail.state.replayed >= 3
+    assert [a["frame"] for a in late.alarms[:3]] == ["P00_l0.jpg", "P00_l1.jpg", "P00_l2.jpg"]
+
+
+def test_clean_stop_sends_death_and_records_session(make_config, start_daemon, tails, wait):
+    cfg = make_config()
+    daemon = start_daemon(cfg)
+    tail = tails(daemon)
+    wait(lambda: any(s["type"] == "heartbeat" for s in tail.statuses))
+    daemon.stop()
+    wait(lambda: any(s["type"] == "death" for s in tail.statuses))
+    death = [s for s in tail.statuses if s["type"] == "death"][0]
+    assert death["session"] == daemon.sequencer.session_id and death["station"] == "teststation"
