@@ -190,6 +190,18 @@ RDDN_HD void context_box(float x1, float y1, float x2, float y2, const PoolingPa
     out[3] = clip(cy + half_h, p.image_height);
 }
 
+// Level lookups with constant indices only: lets nvcc keep the four views and scales in registers instead of
+// spilling an indexed array to local memory. `level` is already clamped to [0, num_levels).
+template <typename T>
+RDDN_HD LevelView<T> level_view(const LevelView<T>* levels, int level) {
+    return level == 0 ? levels[0] : (level == 1 ? levels[1] : (level == 2 ? levels[2] : levels[3]));
+}
+
+RDDN_HD float level_scale(const PoolingParams& p, int level) {
+    return level == 0 ? p.spatial_scales[0]
+                      : (level == 1 ? p.spatial_scales[1] : (level == 2 ? p.spatial_scales[2] : p.spatial_scales[3]));
+}
+
 // One element (r, c, ph, pw) of the pooled output, for both ops:
 //   multi-level (context=false): out[R, C, P, P], the RoI on its own level;
 //   context (context=true): out[R, 2C, P, P] (concat: RoI channels then context channels) or [R, C, P, P]
@@ -219,10 +231,10 @@ RDDN_HD float pooled_element(const LevelView<T>* levels, int channels, const flo
         box[2] = ctx[2];
         box[3] = ctx[3];
     }
-    const LevelView<T>& view = levels[level];
+    const LevelView<T> view = level_view(levels, level);
     const long plane_size = static_cast<long>(view.height) * view.width;
     const T* plane = view.data + (static_cast<long>(batch) * channels + channel) * plane_size;
-    return roi_align_element(plane, view.height, view.width, p.spatial_scales[level], box[0], box[1], box[2],
+    return roi_align_element(plane, view.height, view.width, level_scale(p, level), box[0], box[1], box[2],
                              box[3], ph, pw, p);
 }
 
