@@ -384,7 +384,8 @@ def write_deeppcb_layout(
         img_dir, ann_dir = root / f"group{group}" / group, root / f"group{group}" / f"{group}_not"
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
-        params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+        # 4:4:4 (no chroma subsampling): colour edges of tracks/defects survive the JPEG
+        params = [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
         cv2.imwrite(str(img_dir / f"{stem}_test.jpg"), cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR), params)
         cv2.imwrite(str(img_dir / f"{stem}_temp.jpg"), cv2.cvtColor(sample.template, cv2.COLOR_RGB2BGR), params)
         rows = [f"{int(b[0])} {int(b[1])} {int(b[2])} {int(b[3])} {int(lab)}" for b, lab in zip(sample.boxes, sample.labels)]

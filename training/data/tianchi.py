@@ -215,13 +215,15 @@ class TianchiAluminumReader(BaseReader):
                 if len(pts) == 0:
                     raise ValueError("shape without points")
                 boxes.append((pts[:, 0].min(), pts[:, 1].min(), pts[:, 0].max(), pts[:, 1].max()))
-                labels.append(ALUMINUM_LABELS.get(str(shape["label"]).strip().lower(), 0))
-                if labels[-1] == 0:
-                    self.issues.report("unknown_class", str(json_path), f"unknown label {shape['label']!r}")
-                    return None
+                labels.append(str(shape["label"]).strip())
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             self.issues.report("malformed_annotation", str(json_path), f"not a LabelMe JSON with shapes/points: {exc!r}")
             return None
+        unknown = sorted({name for name in labels if name.lower() not in ALUMINUM_LABELS})
+        if unknown:
+            self.issues.report("unknown_class", str(json_path), f"unknown label(s) {unknown}")
+            return None
+        labels = [ALUMINUM_LABELS[name.lower()] for name in labels]
         checked = self._check_boxes(str(json_path), np.asarray(boxes, np.float32), np.asarray(labels, np.int64))
         if checked is None:
             return None
