@@ -24,6 +24,19 @@ from inspector.logging_json import log_fields
 from inspector.naming import is_candidate
 
 log = logging.getLogger("inspector.watcher")
+
+
+class _BenignStopNoise(logging.Filter):
+    """watchdog logs an ERROR when an inotify emitter is stopped mid-read; on our clean stop it is expected."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
+def _install_noise_filter() -> None:
+    emitter_log = logging.getLogger("watchdog.observers.inotify")
+    if not any(isinstance(f, _BenignStopNoise) for f in emitter_log.filters):
+        emitter_log.addFilter(_BenignStopNoise())
 Submit = Callable[[str, Path, str], object]  # (camera id, path, source)
 
 
@@ -72,6 +85,7 @@ class CameraWatcher:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
+        _install_noise_filter()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._stop.clear()
         self._start_observer()

@@ -37,3 +37,14 @@ def register_model(factory: sessionmaker[Session], sha256: str, backend: str, pr
             session.add(row)
             session.flush()
         return row.id
+
+
+def open_station_database(cfg: StationConfig):
+    """(engine, session factory, camera ids) with the schema migrated: what every CLI command starts with."""
+    from inspector.db.migrate import upgrade_database
+    from inspector.db.session import make_engine, make_session_factory
+
+    engine = make_engine(cfg.db_url)
+    upgrade_database(engine)
+    factory = make_session_factory(engine)
+    return engine, factory, ensure_station(factory, cfg)

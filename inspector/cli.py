@@ -1,0 +1,264 @@
+"""``inspector``: run the daemon, check configs, manage templates, query history, tail alarms, run the demo.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration (the message names file and key).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Sequence
+
+from inspector.config import ConfigError, StationConfig, load_station_config
+
+
+def parse_time(text: str) -> datetime:
+    """ISO date/datetime (UTC if no zone) or a relative age: ``90m``, ``24h``, ``7d``."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return datetime.now(timezone.utc) - timedelta(**{unit: float(match.group(1))})
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use ISO 2026-01-31[T12:00] or 24h / 7d)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _load(path: str) -> StationConfig:
+    return load_station_config(Path(path))
+
+
+# -- commands ------------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from inspector.daemon import Daemon
+    from inspector.logging_json import configure_logging
+
+    configure_logging(args.log_level)
+    cfg = _load(args.config)
+    return Daemon(cfg, config_path=Path(args.config)).run_forever()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.file)
+    cams = ", ".join(f"{c.id} ({c.observer}: {c.drop_folder})" for c in cfg.cameras)
+    print(f"{args.file}: OK - station '{cfg.station}', backend {cfg.detector.backend}, cameras: {cams}, "
+          f"database {cfg.db_url.split('@')[-1]}")
+    return 0
+
+
+def cmd_templates_add(args: argparse.Namespace) -> int:
+    from inspector.db.records import open_station_database
+    from inspector.templates import TemplateStore
+
+    cfg = _load(args.config)
+    engine, factory, camera_ids = open_station_database(cfg)
+    try:
+        store = TemplateStore(cfg, factory, camera_ids)
+        if args.from_frame is not None:
+            row = store.add_from_frame(args.from_frame, args.position)
+        else:
+            if args.image is None:
+                raise ConfigError("templates add: give IMAGE or --from-frame FRAME_ID")
+            if args.camera is None or args.position is None:
+                raise ConfigError("templates add: --camera and --position are required with IMAGE")
+            row = store.add(args.camera, args.position, Path(args.image))
+        print(f"template {row.position} v{row.version} sha256={row.sha256[:12]} active -> {row.path}")
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_templates_list(args: argparse.Namespace) -> int:
+    from inspector.db.records import open_station_database
+    from inspector.history import render
+    from inspector.templates import TemplateStore
+
+    cfg = _load(args.config)
+    engine, factory, camera_ids = open_station_database(cfg)
+    try:
+        rows = TemplateStore(cfg, factory, camera_ids).list(args.camera, include_inactive=not args.active_only)
+        records = [{"camera": cam, "position": t.position, "version": t.version, "active": t.active,
+                    "sha256": t.sha256[:12], "size": f"{t.width}x{t.height}",
+                    "created": t.created_at.isoformat(timespec="seconds"), "source": t.source, "path": t.path}
+                   for cam, t in rows]
+        print(render(records, args.format))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from inspector.db.migrate import upgrade_database
+    from inspector.db.session import make_engine, make_session_factory
+    from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
+                                   summary_per_day)
+
+    station = args.station
+    if args.db:
+        url = args.db
+    elif args.config:
+        cfg = _load(args.config)
+        url, station = cfg.db_url, station or cfg.station
+    else:
+        raise ConfigError("history: give --config FILE or --db URL")
+    engine = make_engine(url)
+    upgrade_database(engine)
+    f = HistoryFilter(station=station, camera=args.camera, position=args.position, cls=args.cls, since=args.since,
+                      until=args.until, min_score=args.min_score, status=args.status, limit=args.limit)
+    try:
+        with make_session_factory(engine)() as db:
+            if args.summary in ("class", "day", "both"):
+                out: dict[str, object] = {}
+                if args.summary in ("class", "both"):
+                    out["per_class"] = summary_per_class(db, f)
+                if args.summary in ("day", "both"):
+                    out["per_day"] = summary_per_day(db, f)
+                if args.format == "json":
+                    print(json.dumps(out, indent=2))
+                else:
+                    for title, records in out.items():
+                        if args.format == "table":
+                            print(f"== {title.replace('_', ' ')} ==")
+                        print(render(records, args.format))
+            else:
+                print(render(as_records(query_history(db, f)), args.format))
+    finally:
+        engine.dispose()
+    return 0
+
+
+def cmd_alarms_tail(args: argparse.Namespace) -> int:
+    from inspector.alarms_tail import AlarmTail, format_alarm
+
+    station = args.station
+    publish, replay = args.publish, args.replay
+    if args.config:
+        cfg = _load(args.config)
+        publish, replay, station = publish or cfg.bus.publish, replay or cfg.bus.replay, station or cfg.station
+    if not publish or not replay:
+        raise ConfigError("alarms tail: give --config FILE or both --publish and --replay endpoints")
+
+    def show_alarm(alarm: dict) -> None:
+        print(json.dumps(alarm) if args.json else format_alarm(alarm), flush=True)
+
+    def show_status(status: dict) -> None:
+        if status.get("type") != "heartbeat" or args.heartbeats:
+            print(json.dumps(status) if args.json else
+                  f"-- {status['type']} station={status['station']} session={status['session']} "
+                  f"last_seq={status.get('last_seq')}", flush=True)
+
+    tail = AlarmTail(publish, replay, station, show_alarm, show_status, after=args.after, session=args.session)
+    try:
+        state = tail.run(args.duration)
+    except KeyboardInterrupt:
+        state = tail.state
+    finally:
+        tail.close()
+    print(f"-- {state.delivered} alarm(s), {state.replayed} replayed, {state.gaps} gap(s) filled", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from inspector.demo.runner import run_demo
+
+    return run_demo(args)
+
+
+# -- parser --------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inspector", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the inspection daemon (SIGTERM stops cleanly, SIGHUP reloads)")
+    p.add_argument("--config", required=True, help="station YAML")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="validate a station YAML without starting anything")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("templates", help="template store")
+    tsub = p.add_subparsers(dest="templates_command", required=True)
+    t = tsub.add_parser("add", help="register a new active template version for a camera position")
+    t.add_argument("--config", required=True)
+    t.add_argument("--camera")
+    t.add_argument("--position")
+    t.add_argument("--from-frame", type=int, help="promote a stored good frame (frame id from `history`)")
+    t.add_argument("image", nargs="?")
+    t.set_defaults(func=cmd_templates_add)
+    t = tsub.add_parser("list", help="list template versions")
+    t.add_argument("--config", required=True)
+    t.add_argument("--camera")
+    t.add_argument("--active-only", action="store_true")
+    t.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    t.set_defaults(func=cmd_templates_list)
+
+    p = sub.add_parser("history", help="query results: frames/detections, per-class and per-day summaries")
+    p.add_argument("--config")
+    p.add_argument("--db", help="database URL (instead of --config)")
+    p.add_argument("--station")
+    p.add_argument("--camera")
+    p.add_argument("--position")
+    p.add_argument("--class", dest="cls")
+    p.add_argument("--since", type=parse_time, help="ISO time or age (24h, 7d)")
+    p.add_argument("--until", type=parse_time)
+    p.add_argument("--min-score", type=float)
+    p.add_argument("--status", choices=("ok", "defective", "quarantined"))
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--summary", choices=("none", "class", "day", "both"), default="none")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("alarms", help="alarm bus tools")
+    asub = p.add_subparsers(dest="alarms_command", required=True)
+    a = asub.add_parser("tail", help="print alarms; fills sequence gaps from the replay endpoint")
+    a.add_argument("--config")
+    a.add_argument("--publish", help="PUB endpoint (instead of --config)")
+    a.add_argument("--replay", help="replay endpoint (instead of --config)")
+    a.add_argument("--station")
+    a.add_argument("--after", type=int, help="also replay the current session's alarms after this seq (0 = all)")
+    a.add_argument("--session", help="resume this session (with --after)")
+    a.add_argument("--duration", type=float, help="stop after this many seconds")
+    a.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_alarms_tail)
+
+    p = sub.add_parser("demo", help="a demo station on synthetic frames, with a live alarm tail")
+    p.add_argument("--state", default="demo_state", help="state directory (default ./demo_state)")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds to run (Ctrl-C stops earlier)")
+    p.add_argument("--rate", type=float, default=2.0, help="frames per second dropped into the folder")
+    p.add_argument("--defect-rate", type=float, default=0.3, help="share of frames with defects")
+    p.add_argument("--backend", choices=("auto", "onnxruntime", "difference"), default="auto")
+    p.add_argument("--positions", type=int, default=4)
+    p.add_argument("--size", type=int, default=None, help="frame side in px (default: the model's input size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-level", default="WARNING", help="daemon JSON log level on stdout (default WARNING)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except ValueError as exc:
+        from inspector.templates import TemplateError
+
+        if isinstance(exc, TemplateError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
