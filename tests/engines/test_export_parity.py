@@ -1,0 +1,177 @@
+"""ONNX Runtime vs PyTorch eager on the exported RDDN graph (standard ONNX ops), per model configuration.
+
+Tiny random-weight models (ResNet-18 width 16, FPN 32 channels, 128x128 input) with the box classifier's
+weights spread so the scores differ clearly: every comparison first asserts that there ARE detections above the
+0.01 threshold (parity on zero detections proves nothing). Tolerances: the top 20 eager detections (by score)
+each match an exported one with the same label and IoU >= 0.9, boxes within 1e-3 px, scores within 1e-5
+(FP32 in both runtimes; the only differences are summation orders).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engines import export_onnx as ex
+from engines.onnx_graph import iter_nodes
+from training.model import build_model
+from training.model.config import ModelConfig
+from training.model.roi_pooling import RoIFeaturePooler
+
+torch.set_num_threads(1)
+SIZE = (128, 128)
+BOX_TOL_PX = 1e-3
+SCORE_TOL = 1e-5
+
+TINY = {
+    "class_names": ["scratch", "dent", "stain"],
+    "backbone": {"depth": 18, "width": 16},
+    "fpn": {"out_channels": 32},
+    "rpn": {"pre_nms_top_n_test": 300, "post_nms_top_n_test": 64},
+    "roi_head": {"representation_size": 64},
+}
+
+CONFIGS = {
+    "faster_cr": {"context": {"enabled": True}},
+    "cascade_cr": {"architecture": "cascade", "context": {"enabled": True}},
+    "tr_inter": {"reference": {"feature": "tr_inter"}, "context": {"enabled": True}},
+    "tr_pre": {"reference": {"input": "tr_pre"}, "context": {"enabled": True}},
+    "ptg": {"reference": {"feature": "ptg", "ptg_hidden": 16}},
+    # many more proposal slots than the RPN fills: the fixed-count padding is exercised on every frame
+    "faster_padded_proposals": {"rpn": {"pre_nms_top_n_test": 300, "post_nms_top_n_test": 2000}},
+}
+
+
+def tiny_model(overrides: dict, seed: int = 0) -> torch.nn.Module:
+    merged = {**TINY, **overrides}
+    for key in ("rpn", "reference", "context"):
+        if key in TINY and key in overrides:
+            merged[key] = {**TINY[key], **overrides[key]}
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig.model_validate(merged)).eval()
+    with torch.no_grad():  # spread class scores: clear winners, few exact ties between near-identical boxes
+        for stage in model.roi_heads.stages:
+            stage.box_predictor.cls_score.weight.normal_(0.0, 0.3)
+            stage.box_predictor.bbox_pred.weight.normal_(0.0, 0.02)
+    return model
+
+
+def _export(model: torch.nn.Module, tmp_path: Path, tr_post: bool = False) -> tuple[ex.DetectorExport, Path,
+                                                                                       ex.ExportSpec]:
+    spec = ex.ExportSpec(input_size=SIZE, tr_post=tr_post)
+    module = ex.build_export_module(model, spec)
+    path = ex.export_onnx(module, tmp_path / "model.onnx", spec)
+    ex.check_onnx(path, spec, module.with_template)
+    return module, path, spec
+
+
+def _assert_parity(model: torch.nn.Module, module: ex.DetectorExport, path: Path, spec: ex.ExportSpec,
+                   seeds=(1, 2), flat_template: bool = False) -> None:
+    for seed in seeds:
+        inputs = ex.example_inputs(spec, module.with_template, seed=seed)
+        if flat_template:  # every region differs from a flat template: TR-Post keeps clear detections
+            inputs = (inputs[0], torch.full_like(inputs[0], 128.0))
+        eager = ex.eager_detections(model, inputs, spec.tr_post)
+        exported = ex.unpack_outputs(ex.run_onnxruntime(path, inputs))
+        assert len(eager["scores"]) > 0, "no detections: parity would prove nothing"
+        assert len(exported["scores"]) == len(eager["scores"])
+        report = ex.compare_detections(eager, exported, top=20)
+        assert report.matched == report.compared, report.unmatched
+        assert report.max_box_diff < BOX_TOL_PX, report.summary()
+        assert report.max_score_diff < SCORE_TOL, report.summary()
+        # the padded tail is all zeros and the valid rows are sorted by score, as the daemon expects
+        assert np.all(np.diff(exported["scores"]) <= 1e-7)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_onnxruntime_matches_eager(name: str, tmp_path: Path) -> None:
+    model = tiny_model(CONFIGS[name])
+    module, path, spec = _export(model, tmp_path)
+    assert module.with_template == model.config.reference.needs_template
+    _assert_parity(model, module, path, spec)
+
+
+def test_tr_post_compiled_in_takes_a_template_and_matches_eager(tmp_path: Path) -> None:
+    model = tiny_model({"context": {"enabled": True}})
+    module, path, spec = _export(model, tmp_path, tr_post=True)
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["image", "template"]
+    _assert_parity(model, module, path, spec, seeds=(3,), flat_template=True)
+    # TR-Post really rescored: the same frame without it gives other scores
+    inputs = (ex.example_inputs(spec, True, seed=3)[0], torch.full((1, 3) + SIZE, 128.0))
+    plain = ex.eager_detections(model, inputs, tr_post=False)
+    rescored = ex.eager_detections(model, inputs, tr_post=True)
+    assert not np.allclose(np.sort(plain["scores"])[-5:], np.sort(rescored["scores"])[-5:])
+
+
+def test_outputs_follow_the_artifact_contract(tmp_path: Path) -> None:
+    model = tiny_model(CONFIGS["faster_cr"])
+    module, path, spec = _export(model, tmp_path)
+    boxes, scores, labels, counts = ex.run_onnxruntime(path, ex.example_inputs(spec, False, seed=4))
+    dmax = model.config.roi_head.detections_per_img
+    assert boxes.shape == (1, dmax, 4) and boxes.dtype == np.float32
+    assert scores.shape == (1, dmax) and labels.shape == (1, dmax) and labels.dtype == np.int64
+    assert counts.shape == (1,) and counts.dtype == np.int64
+    n = int(counts[0])
+    assert 0 < n <= dmax
+    assert labels[0, :n].min() >= 0 and labels[0, :n].max() < model.config.num_classes  # 0-based
+    assert np.all(scores[0, :n] > model.config.roi_head.score_thresh)
+    assert np.all(boxes[0, :n, 2] <= SIZE[1]) and np.all(boxes[0, :n, 0] >= 0)
+    assert not boxes[0, n:].any() and not scores[0, n:].any()
+
+
+def test_graph_uses_standard_onnx_ops_only(tmp_path: Path) -> None:
+    model = tiny_model(CONFIGS["cascade_cr"])
+    _, path, _ = _export(model, tmp_path)
+    nodes = list(iter_nodes(onnx.load(str(path)).graph))
+    assert {node.domain for node in nodes} <= {"", "ai.onnx"}
+    assert {"RoiAlign", "NonMaxSuppression"} <= {node.op_type for node in nodes}
+    for node in nodes:
+        if node.op_type == "RoiAlign":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            assert attrs["coordinate_transformation_mode"] == b"half_pixel"  # aligned=True
+            assert attrs["sampling_ratio"] == 2 and attrs["output_height"] == 7
+
+
+@pytest.mark.parametrize("mode", ["none", "concat", "context_only"])
+def test_routed_pooler_equals_the_models_pooler(mode: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    features = [torch.randn(1, 4, 128 // s, 128 // s, generator=gen) for s in (4, 8, 16, 32)]
+    xy = torch.rand(40, 2, generator=gen) * 120
+    wh = torch.rand(40, 2, generator=gen) ** 3 * 400 + 0.5  # tiny to far beyond the image: all four levels
+    rois = torch.cat((torch.zeros(40, 1), xy, xy + wh), dim=1)
+    sizes = torch.tensor([[128, 128]])
+    expected = RoIFeaturePooler(mode, 1.5)(features, rois, sizes)
+    got = ex.RoutedRoIFeaturePooler(mode, 1.5)(features, rois, sizes)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_fixed_count_rpn_pads_with_boxes_that_never_become_detections() -> None:
+    model = tiny_model(CONFIGS["faster_padded_proposals"])
+    spec = ex.ExportSpec(input_size=SIZE)
+    module = ex.build_export_module(model, spec)
+    image = ex.example_inputs(spec, False, seed=6)[0]
+    with torch.no_grad():
+        features, _ = module.model.extract_features(image, None)
+        from collections import OrderedDict
+
+        from torchvision.models.detection.image_list import ImageList
+
+        feats = OrderedDict((str(i), f) for i, f in enumerate(features))
+        padded, _ = module.model.rpn(ImageList(image, [SIZE]), feats)
+        plain, _ = model.rpn(ImageList(image, [SIZE]), feats)
+    assert padded[0].shape[0] == 2000 > plain[0].shape[0] > 0
+    torch.testing.assert_close(padded[0][: plain[0].shape[0]], plain[0])
+    assert not padded[0][plain[0].shape[0]:].any()
+    assert model.rpn.__class__ is not module.model.rpn.__class__  # the caller's model is untouched
+
+
+def test_bad_export_specs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="multiples of 32"):
+        ex.ExportSpec(input_size=(100, 128))
+    with pytest.raises(ValueError, match="opset"):
+        ex.ExportSpec(input_size=SIZE, opset=13)
+    with pytest.raises(ValueError, match="fp32"):
+        ex.ExportSpec(input_size=SIZE, precision="fp16")
