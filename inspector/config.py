@@ -13,6 +13,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inspector.metrics import MetricsConfig
+from inspector.security import CurveSettings
+from inspector.supervisor import SupervisionConfig
+
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
 
@@ -31,6 +35,7 @@ class BusConfig(_Strict):
     publish: str = "tcp://127.0.0.1:5556"
     replay: str = "tcp://127.0.0.1:5557"
     heartbeat_s: float = Field(1.0, gt=0)
+    curve: CurveSettings = CurveSettings()  # CURVE encryption / client-key auth (docs/operations.md)
 
 
 class DetectorConfig(_Strict):
@@ -142,6 +147,8 @@ class StationConfig(_Strict):
     reconcile_interval_s: float = Field(30.0, gt=0)
     queue_size: int = Field(1000, ge=1)
     save_annotated: bool = True
+    metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (loopback; port null = off)
+    supervision: SupervisionConfig = SupervisionConfig()  # detector deadline/restarts, DB retry, watchdog
     cameras: list[CameraConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -199,11 +206,14 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
     det = cfg.detector.model_copy(update={"artifact": fix(cfg.detector.artifact)})
     cams = [c.model_copy(update={"drop_folder": fix(c.drop_folder), "template_store": fix(c.template_store)})
             for c in cfg.cameras]
+    curve = cfg.bus.curve.model_copy(update={"server_secret_key": fix(cfg.bus.curve.server_secret_key),
+                                             "authorized_clients_dir": fix(cfg.bus.curve.authorized_clients_dir)})
+    bus = cfg.bus.model_copy(update={"curve": curve})
     url = cfg.database_url
     if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         url = "sqlite:///" + str(fix(Path(url[len("sqlite:///"):])))
     return cfg.model_copy(update={"state_dir": fix(cfg.state_dir), "directories": dirs, "detector": det,
-                                  "cameras": cams, "database_url": url})
+                                  "cameras": cams, "database_url": url, "bus": bus})
 
 
 def parse_station_config(data: object, source: Path | str = "<config>", base: Path | None = None) -> StationConfig:
