@@ -3,7 +3,7 @@
 ``out_dir/report.json``   every figure of :func:`~training.evaluation.metrics.evaluate` (NaN -> null) + seconds
 ``out_dir/per_class.md``  markdown table per class (GT count, predictions, AP50, COCO AP, DeepPCB AP)
 ``out_dir/pr_curves.png`` precision/recall per class at IoU 0.5
-``out_dir/examples/*.jpg`` a few images, ground truth green, predictions red with ``label score``
+``out_dir/examples/*.png`` a few images, ground truth green, predictions red with ``label score``
 """
 from __future__ import annotations
 
@@ -145,5 +145,5 @@ def write_report(
         for i in order[:max_examples]:
             img = draw_example(samples[i], preds[i], gts[i], names, thresh)
             stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (samples[i].image_id or str(i)))
-            cv2.imwrite(str(ex_dir / f"{i:04d}_{stem}.jpg"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(ex_dir / f"{i:04d}_{stem}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     return json_path
