@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.db.models import Alarm, BusSession
+from inspector.security import CurveServer, CurveSettings
 
 SCHEMA_VERSION = 1
 REPLAY_LIMIT = 10_000
@@ -74,7 +75,8 @@ def open_session(factory: sessionmaker[Session], station: str) -> tuple[str, str
 class AlarmBus:
     def __init__(self, station: str, publish_endpoint: str, replay_endpoint: str, factory: sessionmaker[Session],
                  session_id: str, heartbeat_s: float = 1.0, previous: tuple[str | None, int] = (None, 0),
-                 health: Callable[[], dict[str, object]] | None = None) -> None:
+                 health: Callable[[], dict[str, object]] | None = None,
+                 curve: CurveSettings | None = None) -> None:
         self.station = station
         self.publish_endpoint = publish_endpoint
         self.replay_endpoint = replay_endpoint
@@ -84,6 +86,8 @@ class AlarmBus:
         self.previous = previous
         self.health = health
         self.context = zmq.Context()
+        # CURVE (optional): key files are read here, so a bad path fails the start, not the bus thread.
+        self.curve = CurveServer(self.context, curve or CurveSettings())
         self._inproc = f"inproc://bus-{uuid.uuid4().hex}"
         self._push: zmq.Socket | None = None
         self._push_lock = threading.Lock()
@@ -100,6 +104,7 @@ class AlarmBus:
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self, timeout: float = 5.0) -> None:
+        self.curve.start()
         self._pull = self.context.socket(zmq.PULL)
         self._pull.bind(self._inproc)
         self._push = self.context.socket(zmq.PUSH)
@@ -126,6 +131,7 @@ class AlarmBus:
                 self._push.close(linger=0)
                 self._push = None
         self._pull.close(linger=0)
+        self.curve.stop()
         self.context.term()
         self._thread = None
 
@@ -153,8 +159,10 @@ class AlarmBus:
         try:
             pub = self.context.socket(zmq.PUB)
             pub.setsockopt(zmq.SNDHWM, 100_000)
+            self.curve.secure(pub)
             pub.bind(self.publish_endpoint)
             router = self.context.socket(zmq.ROUTER)
+            self.curve.secure(router)
             router.bind(self.replay_endpoint)
             self.bound_publish = pub.getsockopt_string(zmq.LAST_ENDPOINT)
             self.bound_replay = router.getsockopt_string(zmq.LAST_ENDPOINT)

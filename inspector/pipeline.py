@@ -37,6 +37,7 @@ from inspector.ingest import FrameJob, sha256_bytes
 from inspector.logging_json import log_fields
 from inspector.naming import FrameName, FrameNameError, parse_frame_name
 from inspector.storage import dated_dir, move_file, quarantine_file, unique_destination
+from inspector.supervisor import DetectorTimeout, InspectionUnavailable
 from inspector.templates import TemplateStore
 
 log = logging.getLogger("inspector.pipeline")
@@ -198,6 +199,8 @@ class Pipeline:
             t_result = laps.lap("detect")
         except Quarantine as q:
             return self._quarantine(job, cam, camera_id, digest, name, q.kind, q.message, laps)
+        except (DetectorTimeout, InspectionUnavailable):
+            raise  # the frame is fine, the detector is not: the daemon keeps it and retries (never quarantine)
         except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
             log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
             return self._quarantine(job, cam, camera_id, digest, name, "error",
