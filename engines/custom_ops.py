@@ -23,8 +23,8 @@ The CUDA kernels (``engines/kernels``) implement the same ops; ``engines.host_ke
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from training.model import roi_semantics as rs
 
 DOMAIN = "rddn"
 OPSET_VERSION = 1
+DOMAIN_VERSION = OPSET_VERSION  # for torch.onnx.export(custom_opsets={DOMAIN: DOMAIN_VERSION})
 MULTILEVEL_OP = "MultiLevelRoIAlign"
 CONTEXT_OP = "ContextRoIAlign"
 NUM_LEVELS = len(rs.ROI_LEVELS)
@@ -159,7 +160,7 @@ def _pooled_shape(p2: Tensor, rois: Tensor, output_size: int, channel_factor: in
 
 
 @torch.library.custom_op("rddn::multilevel_roi_align", mutates_args=())
-def multilevel_roi_align(
+def _multilevel_op(
     p2: Tensor, p3: Tensor, p4: Tensor, p5: Tensor, rois: Tensor,
     spatial_scales: list[float], output_size: int, sampling_ratio: int, aligned: bool,
     canonical_scale: float, level_eps: float,
@@ -170,14 +171,14 @@ def multilevel_roi_align(
     return multilevel_roi_align_reference([p2, p3, p4, p5], rois, attrs)
 
 
-@multilevel_roi_align.register_fake
+@_multilevel_op.register_fake
 def _multilevel_fake(p2, p3, p4, p5, rois, spatial_scales, output_size, sampling_ratio, aligned, canonical_scale,
                      level_eps):
     return p2.new_empty(_pooled_shape(p2, rois, output_size, 1))
 
 
 @torch.library.custom_op("rddn::context_roi_align", mutates_args=())
-def context_roi_align(
+def _context_op(
     p2: Tensor, p3: Tensor, p4: Tensor, p5: Tensor, rois: Tensor,
     spatial_scales: list[float], output_size: int, sampling_ratio: int, aligned: bool,
     canonical_scale: float, level_eps: float, k: float, image_height: int, image_width: int, mode: str,
@@ -188,7 +189,7 @@ def context_roi_align(
     return context_roi_align_reference([p2, p3, p4, p5], rois, attrs)
 
 
-@context_roi_align.register_fake
+@_context_op.register_fake
 def _context_fake(p2, p3, p4, p5, rois, spatial_scales, output_size, sampling_ratio, aligned, canonical_scale,
                   level_eps, k, image_height, image_width, mode):
     return p2.new_empty(_pooled_shape(p2, rois, output_size, 2 if mode == "concat" else 1))
@@ -200,14 +201,29 @@ def _op_kwargs(attrs: RoIPoolingAttributes) -> dict[str, Any]:
     return values
 
 
-def call_multilevel(features: Sequence[Tensor], rois: Tensor, attrs: RoIPoolingAttributes) -> Tensor:
-    """Convenience for export wrappers: the custom op with attributes from a dataclass."""
-    return torch.ops.rddn.multilevel_roi_align(*features, rois, **_op_kwargs(attrs))
+def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor,
+                         attrs: RoIPoolingAttributes | None = None) -> Tensor:
+    """``rddn::MultiLevelRoIAlign`` on P2..P5 ``features`` and float32 ``rois`` [R, 5]: what export wrappers call.
+
+    Eager: the model's pooling; under ``torch.onnx.export``: one ``rddn`` node (either exporter)."""
+    if len(features) != NUM_LEVELS:
+        raise ValueError(f"expected {NUM_LEVELS} feature levels {FEATURE_INPUTS}, got {len(features)}")
+    return torch.ops.rddn.multilevel_roi_align(*features, rois, **_op_kwargs(attrs or RoIPoolingAttributes()))
 
 
-def call_context(features: Sequence[Tensor], rois: Tensor, attrs: ContextAttributes) -> Tensor:
-    """Convenience for export wrappers: the context custom op with attributes from a dataclass."""
-    return torch.ops.rddn.context_roi_align(*features, rois, **_op_kwargs(attrs))
+def context_roi_align(features: Sequence[Tensor], rois: Tensor, *, image_height: int, image_width: int,
+                      k: float = rs.CONTEXT_SCALE, mode: ContextMode = "concat",
+                      attrs: RoIPoolingAttributes | None = None) -> Tensor:
+    """``rddn::ContextRoIAlign``: the RoI and its k-scaled context box clipped to (image_height, image_width),
+    both from the RoI's level; ``mode`` concat -> [R, 2C, P, P], context_only -> [R, C, P, P]."""
+    if len(features) != NUM_LEVELS:
+        raise ValueError(f"expected {NUM_LEVELS} feature levels {FEATURE_INPUTS}, got {len(features)}")
+    source = attrs or RoIPoolingAttributes()
+    base = {f.name: getattr(source, f.name) for f in fields(RoIPoolingAttributes)}
+    context = ContextAttributes(**base, k=float(k), image_height=int(image_height), image_width=int(image_width),
+                                mode=mode)
+    context.validate()
+    return torch.ops.rddn.context_roi_align(*features, rois, **_op_kwargs(context))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -285,6 +301,53 @@ def onnx_translation_table() -> dict[Callable[..., Any], Callable[..., Any]]:
     }
 
 
+_SYMBOLICS_REGISTERED: set[int] = set()
+
+
+def register_onnx_symbolics(opset_version: int) -> None:
+    """Symbolics for the TorchScript exporter (``torch.onnx.export(..., dynamo=False, custom_opsets={DOMAIN:
+    DOMAIN_VERSION})``): each custom op -> one ``rddn`` node with typed attributes (idempotent per opset)."""
+    if opset_version in _SYMBOLICS_REGISTERED:
+        return
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper
+
+    register_onnx_schemas()
+
+    def _attributes(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps):
+        values = _onnx_attributes(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps)
+        return dict(spatial_scales_f=values["spatial_scales"], output_size_i=values["output_size"],
+                    sampling_ratio_i=values["sampling_ratio"], aligned_i=values["aligned"],
+                    canonical_scale_f=values["canonical_scale"], level_eps_f=values["level_eps"],
+                    plugin_namespace_s=DOMAIN)
+
+    def _typed(node, p2, channel_factor: int, output_size: int):
+        feature_type = p2.type()
+        if hasattr(feature_type, "with_sizes") and feature_type.dim() is not None:
+            channels = feature_type.varyingSizes()[1]
+            channels = channels * channel_factor if channels is not None else None
+            node.setType(feature_type.with_sizes([None, channels, output_size, output_size]))
+        return node
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "v", "fs", "i", "i", "b", "f", "f")
+    def multilevel(g, p2, p3, p4, p5, rois, spatial_scales, output_size, sampling_ratio, aligned, canonical_scale,
+                   level_eps):
+        node = g.op(f"{DOMAIN}::{MULTILEVEL_OP}", p2, p3, p4, p5, rois, **_attributes(
+            spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps))
+        return _typed(node, p2, 1, output_size)
+
+    @symbolic_helper.parse_args("v", "v", "v", "v", "v", "fs", "i", "i", "b", "f", "f", "f", "i", "i", "s")
+    def context(g, p2, p3, p4, p5, rois, spatial_scales, output_size, sampling_ratio, aligned, canonical_scale,
+                level_eps, k, image_height, image_width, mode):
+        node = g.op(f"{DOMAIN}::{CONTEXT_OP}", p2, p3, p4, p5, rois, k_f=float(k), image_height_i=int(image_height),
+                    image_width_i=int(image_width), mode_s=str(mode), **_attributes(
+                        spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps))
+        return _typed(node, p2, 2 if mode == "concat" else 1, output_size)
+
+    register_custom_op_symbolic("rddn::multilevel_roi_align", multilevel, opset_version)
+    register_custom_op_symbolic("rddn::context_roi_align", context, opset_version)
+    _SYMBOLICS_REGISTERED.add(opset_version)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # (c) onnx.reference implementations
 
@@ -340,3 +403,16 @@ def reference_ops() -> list[type]:
             return run(self, (p2, p3, p4, p5, rois), context=True)
 
     return [MultiLevelRoIAlign, ContextRoIAlign]
+
+
+def run_reference(model: Any, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
+                  ) -> list[np.ndarray]:
+    """Run a TensorRT-variant ONNX (path or ModelProto) on CPU with ``onnx.reference`` + these ops' reference
+    implementations; returns the outputs in graph order (or ``output_names`` order). Slow on big graphs (numpy
+    convolutions): meant for parity checks, not serving."""
+    import onnx
+    from onnx.reference import ReferenceEvaluator
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    evaluator = ReferenceEvaluator(proto, new_ops=reference_ops())
+    return list(evaluator.run(list(output_names) if output_names else None, dict(feeds)))

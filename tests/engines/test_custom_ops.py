@@ -2,11 +2,12 @@
 features and FP32 rois; the TensorRT-variant ONNX runs on CPU through ``onnx.reference`` and matches PyTorch."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx.reference import ReferenceEvaluator
 
 from engines import custom_ops as co
 from engines import host_kernels as hk
@@ -38,18 +39,17 @@ def test_eager_ops_equal_the_models_pooler(mode: str) -> None:
     sizes = torch.tensor([IMAGE, IMAGE])
     expected = RoIFeaturePooler(context=mode, k=1.5)(feats, rois, sizes)
     if mode == "none":
-        got = co.call_multilevel(feats, rois, co.RoIPoolingAttributes())
+        got = co.multilevel_roi_align(feats, rois)
     else:
-        attrs = co.ContextAttributes(image_height=IMAGE[0], image_width=IMAGE[1], mode=mode)
-        got = co.call_context(feats, rois, attrs)
+        got = co.context_roi_align(feats, rois, image_height=IMAGE[0], image_width=IMAGE[1], mode=mode)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_fake_shapes_follow_mode() -> None:
     feats, rois = _features(), _rois()
     for mode, channels in (("concat", 8), ("context_only", 4)):
-        attrs = co.ContextAttributes(image_height=IMAGE[0], image_width=IMAGE[1], mode=mode)
-        assert co.call_context(feats, rois, attrs).shape == (len(rois), channels, 7, 7)
+        pooled = co.context_roi_align(feats, rois, image_height=IMAGE[0], image_width=IMAGE[1], mode=mode)
+        assert pooled.shape == (len(rois), channels, 7, 7)
 
 
 def test_attributes_that_break_the_model_definition_are_rejected() -> None:
@@ -58,6 +58,8 @@ def test_attributes_that_break_the_model_definition_are_rejected() -> None:
         co.multilevel_roi_align_reference(feats, rois, co.RoIPoolingAttributes(canonical_scale=224.0))
     with pytest.raises(ValueError, match="image size"):
         co.context_roi_align_reference(feats, rois, co.ContextAttributes())
+    with pytest.raises(ValueError, match="image size"):
+        co.context_roi_align(feats, rois, image_height=0, image_width=IMAGE[1])
     with pytest.raises(ValueError, match="rois must be float32"):
         co.multilevel_roi_align_reference(feats, rois.double())
     with pytest.raises(ValueError, match="expected 4 feature levels"):
@@ -70,32 +72,40 @@ class _TinyPoolingNet(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.context = co.ContextAttributes(image_height=IMAGE[0], image_width=IMAGE[1], k=1.5, mode="concat")
 
     def forward(self, image: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.conv(image / 255.0)
         feats = [torch.nn.functional.avg_pool2d(x, s).half() for s in rs.ROI_STRIDES]
-        pooled = co.call_multilevel(feats, rois, co.RoIPoolingAttributes())
-        context = co.call_context(feats, rois, self.context)
+        pooled = co.multilevel_roi_align(feats, rois)
+        context = co.context_roi_align(feats, rois, image_height=IMAGE[0], image_width=IMAGE[1], k=1.5)
         return pooled, context
 
 
-@pytest.fixture(scope="module")
-def exported() -> tuple[torch.nn.Module, onnx.ModelProto]:
+@pytest.fixture(scope="module", params=["dynamo", "torchscript"])
+def exported(request) -> tuple[torch.nn.Module, onnx.ModelProto]:
+    """The same net through both exporters: dynamo (translation table) and TorchScript (symbolics)."""
     torch.manual_seed(0)
     net = _TinyPoolingNet().eval()
     image = torch.rand(2, 3, *IMAGE) * 255
-    program = torch.onnx.export(
-        net, (image, _rois()), dynamo=True, custom_translation_table=co.onnx_translation_table(),
-        input_names=["image", "rois"], output_names=["pooled", "context"],
-        dynamic_shapes={"image": None, "rois": {0: torch.export.Dim("R", min=1, max=4096)}}, verbose=False,
-    )
-    return net, program.model_proto
+    names = dict(input_names=["image", "rois"], output_names=["pooled", "context"])
+    if request.param == "dynamo":
+        program = torch.onnx.export(
+            net, (image, _rois()), dynamo=True, custom_translation_table=co.onnx_translation_table(),
+            dynamic_shapes={"image": None, "rois": {0: torch.export.Dim("R", min=1, max=4096)}}, verbose=False,
+            **names,
+        )
+        return net, program.model_proto
+    co.register_onnx_symbolics(17)
+    buffer = io.BytesIO()
+    torch.onnx.export(net, (image, _rois()), buffer, dynamo=False, opset_version=17,
+                      custom_opsets={co.DOMAIN: co.DOMAIN_VERSION}, dynamic_axes={"rois": {0: "R"}}, **names)
+    return net, onnx.load_from_string(buffer.getvalue())
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, int]:
     types = {}
-    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    for value in [*inferred, *model.graph.value_info, *model.graph.input, *model.graph.output]:
         types[value.name] = value.type.tensor_type.elem_type
     return types
 
@@ -130,8 +140,7 @@ def test_reference_evaluator_runs_the_trt_variant_like_pytorch(exported) -> None
     rois = _rois()[:5]  # a different R than at export: the RoI count is dynamic
     with torch.no_grad():
         expected = [t.numpy() for t in net(image, rois)]
-    evaluator = ReferenceEvaluator(model, new_ops=co.reference_ops())
-    got = evaluator.run(None, {"image": image.numpy(), "rois": rois.numpy()})
+    got = co.run_reference(model, {"image": image.numpy(), "rois": rois.numpy()})
     for g, e in zip(got, expected):
         assert g.dtype == np.float16 and g.shape == e.shape
         np.testing.assert_allclose(g.astype(np.float32), e.astype(np.float32), rtol=2e-3, atol=2e-3)
@@ -139,7 +148,6 @@ def test_reference_evaluator_runs_the_trt_variant_like_pytorch(exported) -> None
 
 def test_host_kernels_agree_with_the_custom_ops_fp16() -> None:
     feats, rois = _features(dtype=torch.float16), _rois()
-    attrs = co.ContextAttributes(image_height=IMAGE[0], image_width=IMAGE[1])
-    expected = co.call_context(feats, rois, attrs).float().numpy()
+    expected = co.context_roi_align(feats, rois, image_height=IMAGE[0], image_width=IMAGE[1]).float().numpy()
     got = hk.context_roi_align([f.numpy() for f in feats], rois.numpy(), hk.default_attributes(IMAGE))
     np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
