@@ -48,3 +48,12 @@ def test_dataloader_with_collate_batch() -> None:
     loader = torch.utils.data.DataLoader(build_dataset(cfg, False), batch_size=2, collate_fn=collate_batch)
     batches = list(loader)
     assert len(batches) == 2 and batches[0][0].shape == (2, 3, 64, 64)
+
+
+def test_templates_as_normals_adds_defect_free_training_samples(deeppcb_root: Path) -> None:
+    cfg = DataConfig(format="deeppcb", root=deeppcb_root, train_short_size=(64, 64), templates_as_normals=True)
+    train = build_dataset(cfg, True)
+    assert len(train) == 6 and train.normal_flags == [False, True, False, True, True, True]
+    extra = train[3]
+    assert extra.image_id == "00041000#template" and len(extra.boxes) == 0 and torch.equal(extra.image, extra.template)
+    assert len(build_dataset(cfg, False)) == 3  # evaluation never sees the extra samples

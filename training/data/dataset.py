@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import Dataset
 
-from training.data.base import BaseReader, SkippedSampleError
+from training.data.base import BaseReader, ImageRecord, SkippedSampleError
 from training.data.issues import DataIssueLog
 from training.data.sample import Sample
 from training.data.synthetic import SyntheticDataset, SyntheticSpec
@@ -52,6 +52,9 @@ class DataConfig(BaseModel):
     flip_prob: float = Field(0.5, ge=0.0, le=1.0)
     size_divisor: int = Field(32, gt=0)  # collate pads H and W to a multiple of this
     bad_data: Literal["skip", "fail"] = "skip"
+    # training side only: add every template as an extra defect-free sample (normal samples for PTG on
+    # template datasets such as DeepPCB, which ship no normal images)
+    templates_as_normals: bool = False
     synthetic: SyntheticSpec = SyntheticSpec()
     synthetic_samples: int = Field(200, gt=0)  # training-side count
     synthetic_val_samples: int = Field(50, gt=0)  # validation-side count (different seeds)
@@ -96,7 +99,25 @@ class DataConfig(BaseModel):
 
 def build_reader(cfg: DataConfig, train: bool, issues: DataIssueLog | None = None) -> BaseReader | SyntheticDataset:
     """The untransformed reader (``Sample`` s) for one side of ``cfg``."""
-    issues = issues if issues is not None else DataIssueLog(cfg.bad_data)
+    reader = _format_reader(cfg, train, issues if issues is not None else DataIssueLog(cfg.bad_data))
+    if cfg.templates_as_normals and train and isinstance(reader, BaseReader):
+        add_template_normals(reader)
+    return reader
+
+
+def add_template_normals(reader: BaseReader) -> None:
+    """Append one normal sample per distinct template: the template itself (its own template, no boxes)."""
+    seen: set[Path] = set()
+    extra = []
+    for r in reader.records:
+        if r.template_path is not None and r.template_path not in seen:
+            seen.add(r.template_path)
+            extra.append(ImageRecord(f"{r.image_id}#template", r.template_path, r.template_path,
+                                     np.zeros((0, 4), np.float32), np.zeros(0, np.int64), True))
+    reader.records = reader.records + extra
+
+
+def _format_reader(cfg: DataConfig, train: bool, issues: DataIssueLog) -> BaseReader | SyntheticDataset:
     side = cfg.side(train)
     root = Path(cfg.root) if cfg.root is not None else Path(".")
     if cfg.format == "deeppcb":
