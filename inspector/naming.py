@@ -12,7 +12,7 @@ from pathlib import Path
 
 TEMP_PREFIXES = (".", "~", "_tmp", "tmp_")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", "~", ".swp", ".lock")
-_TIMESTAMP_FORMATS = ("%Y%m%dT%H%M%S%f", "%Y%m%dT%H%M%S", "%Y%m%d%H%M%S%f", "%Y%m%d%H%M%S", "%Y-%m-%dT%H-%M-%S")
+_TIMESTAMP_FORMATS = ("%Y%m%dT%H%M%S", "%Y%m%dT%H%M%S.%f", "%Y%m%d%H%M%S", "%Y-%m-%dT%H-%M-%S", "%Y-%m-%dT%H:%M:%S")
 
 
 @dataclass(frozen=True)

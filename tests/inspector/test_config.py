@@ -1,0 +1,82 @@
+"""Station configuration: examples validate; errors name the file and the key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inspector.cli import main
+from inspector.config import ConfigError, load_station_config
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "station_configs").glob("*.yaml"))
+
+
+def test_examples_exist_and_validate():
+    assert {p.name for p in EXAMPLES} >= {"single_camera.yaml", "two_cameras.yaml", "postgresql.yaml"}
+    for path in EXAMPLES:
+        cfg = load_station_config(path)
+        assert cfg.cameras and cfg.station
+    pg = load_station_config(next(p for p in EXAMPLES if p.name == "postgresql.yaml"))
+    assert pg.db_url.startswith("postgresql+psycopg://")
+    two = load_station_config(next(p for p in EXAMPLES if p.name == "two_cameras.yaml"))
+    assert [c.observer for c in two.cameras] == ["inotify", "polling"]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "station.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_file(tmp_path):
+    path = write(tmp_path, "station: s1\ncameras:\n  - id: c1\n    drop_folder: d\n    obsrver: polling\n")
+    with pytest.raises(ConfigError) as exc:
+        load_station_config(path)
+    assert str(path) in str(exc.value) and "cameras.0.obsrver" in str(exc.value) and "unknown key" in str(exc.value)
+
+
+def test_bad_values_are_named(tmp_path):
+    path = write(tmp_path, "station: s1\nthresholds: {default: 2}\ncameras:\n"
+                           "  - {id: c1, drop_folder: d, pattern: '^(?P<serial>\\d+)\\.jpg$'}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_station_config(path)
+    text = str(exc.value)
+    assert "thresholds.default" in text and "cameras.0.pattern" in text and "position" in text
+
+
+def test_backend_needs_artifact_and_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="detector.*artifact is required"):
+        load_station_config(write(tmp_path, "station: s\ndetector: {backend: onnxruntime}\n"
+                                            "cameras: [{id: c, drop_folder: d}]\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_station_config(write(tmp_path, "station: [unclosed\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_station_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="duplicate camera"):
+        load_station_config(write(tmp_path, "station: s\ncameras: [{id: c, drop_folder: a}, {id: c, drop_folder: b}]\n"))
+
+
+def test_relative_paths_resolve_against_the_file_and_defaults(tmp_path):
+    cfg = load_station_config(write(tmp_path, "station: s\nstate_dir: st\ncameras: [{id: c, drop_folder: drop}]\n"))
+    assert cfg.state_dir == tmp_path / "st" and cfg.cameras[0].drop_folder == tmp_path / "drop"
+    assert cfg.db_url == f"sqlite:///{tmp_path / 'st' / 'inspector.db'}"
+    assert cfg.dir_for("quarantine") == tmp_path / "st" / "quarantine"
+    assert cfg.template_dir(cfg.cameras[0]) == tmp_path / "st" / "templates" / "c"
+
+
+def test_alarm_rules_pick_the_highest_severity(make_config):
+    cfg = make_config()
+    assert cfg.severity_for("defect", 0.9, 400) == "critical"
+    assert cfg.severity_for("defect", 0.9, 100) == "warning"
+    assert cfg.severity_for("defect", 0.3, 400) is None
+
+
+def test_check_config_cli_exit_codes(tmp_path, capsys):
+    good = write(tmp_path, "station: s\ncameras: [{id: c, drop_folder: d}]\n")
+    assert main(["check-config", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("station: s\ncamera: []\n")
+    assert main(["check-config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "camera" in err and "cameras" in err
