@@ -16,6 +16,7 @@ import time
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,9 +29,13 @@ from inspector.db import BusSession, make_engine, make_session_factory, upgrade_
 from inspector.db.records import ensure_station, register_model
 from inspector.ingest import FrameJob, FrameQueue
 from inspector.logging_json import log_fields
+from inspector.metrics import InspectorMetrics, MetricsServer
 from inspector.pipeline import FrameOutcome, Pipeline
 from inspector.reconcile import reconcile
+from inspector.sdnotify import PipelineSnapshot, ProgressMonitor, SdNotifier, WatchdogPinger, watchdog_interval
 from inspector.storage import purge_older_than
+from inspector.supervisor import (Backoff, DetectorTimeout, InspectionUnavailable, RestartBudget, StationHealth,
+                                  SupervisedDetector)
 from inspector.templates import TemplateStore
 from inspector.watcher import CameraWatcher
 
@@ -57,10 +62,19 @@ def backend_identity(cfg: StationConfig, backend: DetectorBackend) -> tuple[str,
 
 class Daemon:
     def __init__(self, cfg: StationConfig, config_path: Path | None = None,
-                 backend: DetectorBackend | None = None) -> None:
+                 backend: DetectorBackend | None = None,
+                 backend_factory: Callable[[], DetectorBackend] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self._given_backend = backend
+        self._backend_factory = backend_factory  # tests: a fresh backend per (re)start of the supervised detector
+        # Service layer: health of the station (bus/metrics/systemd), Prometheus numbers, systemd notify.
+        self.station_health = StationHealth()
+        self.metrics = InspectorMetrics(cfg.station)
+        self.metrics_server: MetricsServer | None = None
+        self.notifier = SdNotifier()
+        self.progress = 0  # frames finished + DB retries: what the systemd watchdog counts as "not wedged"
+        self._db_backoff = Backoff(cfg.supervision.db_retry_initial_s, cfg.supervision.db_retry_max_s)
         self.state = HealthState.STOPPED
         self.queue = FrameQueue(cfg.queue_size)
         self.watchers: dict[str, CameraWatcher] = {}
@@ -87,17 +101,22 @@ class Daemon:
         self.factory = make_session_factory(self.engine)
         self.camera_ids = ensure_station(self.factory, cfg)
         self.templates = TemplateStore(cfg, self.factory, self.camera_ids)
-        self.backend = self._given_backend or load_backend(cfg.detector.backend, cfg.detector.artifact,
-                                                           **cfg.detector.options)
+        self.notifier.extend_timeout(cfg.supervision.load_timeout_s)  # a TensorRT engine build may take minutes
+        self.backend = self._supervised_backend(cfg)
         self.model_id = self._register_backend(self.backend)
         session_id, prev_id, prev_seq = open_session(self.factory, cfg.station)
         self.sequencer = AlarmSequencer(session_id)
         self.bus = AlarmBus(cfg.station, cfg.bus.publish, cfg.bus.replay, self.factory, session_id,
-                            cfg.bus.heartbeat_s, (prev_id, prev_seq), health=self.health_summary)
+                            cfg.bus.heartbeat_s, (prev_id, prev_seq), health=self.health_summary, curve=cfg.bus.curve)
         self.bus.start()
+        self.station_health.subscribe(self._on_health_change)
         self.pipeline = Pipeline(cfg, self.factory, self.camera_ids, self.templates, self.backend, self.model_id,
                                  self.sequencer, self.bus)
         self.pipeline.frame_hooks.append(self._on_frame)
+        self.pipeline.stage_hooks.append(lambda stage, ms: self.metrics.observe_stage(stage, ms / 1000.0))
+        if cfg.metrics.port is not None and self.metrics_server is None:
+            self.metrics_server = self.metrics.serve(cfg.metrics.port, cfg.metrics.address)
+            log.info("metrics endpoint", **log_fields(url=f"http://{cfg.metrics.address}:{self.metrics_server.port}/metrics"))
         self._stop_worker.clear()
         self._stop_supervisor.clear()
         self._threads = [threading.Thread(target=self._worker, name="frame-worker", daemon=True),
@@ -107,9 +126,62 @@ class Daemon:
         self.reconcile_all(min_age_s=0.0)
         self._threads[1].start()
         self.state = HealthState.HEALTHY
+        self.metrics.set_health("healthy")
         log.info("inspection started", **log_fields(station=cfg.station, session=session_id,
                                                     backend=cfg.detector.backend, publish=self.bus.bound_publish,
                                                     replay=self.bus.bound_replay, cameras=list(self.camera_ids)))
+
+    def _supervised_backend(self, cfg: StationConfig) -> SupervisedDetector:
+        """The detector behind a deadline and a restart budget (see ``inspector.supervisor``)."""
+        sup = cfg.supervision
+        factory = self._backend_factory
+        if factory is None and self._given_backend is not None:
+            given = self._given_backend
+            factory = lambda: given  # noqa: E731 - a caller-owned instance: "restart" re-uses it
+        if factory is None:
+            det = cfg.detector
+            factory = lambda: load_backend(det.backend, det.artifact, **det.options)  # noqa: E731
+
+        def on_event(event: str) -> None:
+            if event == "restart":
+                self.metrics.backend_restarts.inc()
+            else:
+                self.metrics.backend_error(event)
+
+        def on_state(state: str, reason: str) -> None:
+            if state == "degraded":
+                self.station_health.degrade("detector", reason)
+            else:
+                self.station_health.recover("detector")
+
+        return SupervisedDetector(factory, sup.detect_timeout_s, RestartBudget(sup.max_restarts, sup.restart_window_s),
+                                  load_timeout_s=sup.load_timeout_s, max_consecutive_errors=sup.max_consecutive_errors,
+                                  on_state=on_state, on_event=on_event)
+
+    def _on_health_change(self, state: str, problems: dict[str, str]) -> None:
+        """Tell the line at once: ``status.<station>.degraded`` (inspection unavailable) / ``.healthy``."""
+        self.state = HealthState.DEGRADED if state == "degraded" else HealthState.HEALTHY
+        self.metrics.set_health(state)
+        log.warning("station health changed", **log_fields(state=state, problems=problems))
+        self.notifier.status(self.status_line())
+        if self.bus is not None and self.bus.is_alive():
+            self.bus.send_status(state, {"inspection": "unavailable" if problems else "available",
+                                         "problems": problems})
+
+    def status_line(self) -> str:
+        """systemd STATUS=: what ``systemctl status`` shows."""
+        counts = self.pipeline.counts if self.pipeline else {}
+        text = (f"{self.state.value}: {sum(counts.values())} frames ({counts.get('defective', 0)} defective, "
+                f"{counts.get('quarantined', 0)} quarantined), queue {len(self.queue)}")
+        problems = self.station_health.problems
+        return text + (f"; {'; '.join(f'{k}: {v}' for k, v in problems.items())}" if problems else "")
+
+    def pipeline_snapshot(self) -> PipelineSnapshot:
+        """What the systemd watchdog judges progress by (see ``sdnotify.ProgressMonitor``)."""
+        workers_alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
+        observers_alive = all(w.is_alive() for w in self.watchers.values())
+        return PipelineSnapshot(self.progress, len(self.queue), observers_alive and workers_alive,
+                                busy=self.in_flight is not None)
 
     def _register_backend(self, backend: DetectorBackend) -> int:
         sha, precision = backend_identity(self.cfg, backend)
@@ -137,6 +209,13 @@ class Daemon:
 
     def _on_frame(self, outcome: FrameOutcome) -> None:
         self.last_frame_at = datetime.now(timezone.utc)
+        self.progress += 1
+        self.metrics.frame_done(outcome.job.camera, outcome.status)
+        if outcome.severity and outcome.alarm_seq is not None:
+            self.metrics.alarm_published(outcome.severity)
+        if outcome.reason_kind == "no_template":
+            position = outcome.job.path.name.split("_", 1)[0]
+            self.metrics.template_miss(outcome.job.camera, position)
 
     def _worker(self) -> None:
         while not self._stop_worker.is_set():
@@ -144,22 +223,38 @@ class Daemon:
             if job is None:
                 continue
             self.in_flight = job
+            retry_after = 0.0
             try:
                 assert self.pipeline is not None
                 self.pipeline.process(job)
-            except SQLAlchemyError:
-                # The DB is unavailable: leave the file where it is (reconcile retries it) and back off.
+                if self._db_backoff.attempts:
+                    self._db_backoff.reset()
+                    self.station_health.recover("database")
+            except SQLAlchemyError as exc:
+                # The DB is unavailable (locked by another writer, server down): the frame is fine and stays in
+                # the drop folder; retry it with exponential backoff, and say "degraded" meanwhile.
                 self.errors["db"] += 1
-                self.state = HealthState.DEGRADED
-                log.exception("database error; frame left in drop folder for retry",
-                              **log_fields(camera=job.camera, frame=job.path.name))
-                self._stop_worker.wait(1.0)
+                self.progress += 1  # waiting on the DB is not a wedge: restarting us would not fix it
+                self.metrics.db_retries.inc()
+                retry_after = self._db_backoff.next_delay()
+                cause = getattr(exc, "orig", None) or exc
+                self.station_health.degrade("database", f"database unavailable ({type(cause).__name__})")
+                log.error("database error; frame kept for retry", **log_fields(
+                    camera=job.camera, frame=job.path.name, retry_in_s=retry_after, error=str(exc).splitlines()[0]))
+            except (DetectorTimeout, InspectionUnavailable) as exc:
+                retry_after = 1.0  # the supervisor already reported degraded; the frame waits for a detector
+                log.error("detector unavailable; frame kept for retry", **log_fields(
+                    camera=job.camera, frame=job.path.name, error=str(exc)))
             except Exception:  # noqa: BLE001 - the worker must outlive any single frame
                 self.errors["worker"] += 1
                 log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
             finally:
                 self.queue.done(job)
                 self.in_flight = None
+            if retry_after:
+                self._stop_worker.wait(retry_after)
+                if not self._stop_worker.is_set():
+                    self.offer(job.camera, job.path, "retry")
 
     def _supervisor(self) -> None:
         next_reconcile = time.monotonic() + self.cfg.reconcile_interval_s
@@ -214,7 +309,7 @@ class Daemon:
             log.warning("reload: station/database/bus/state_dir changes need a restart; kept the running ones")
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in fixed})
         if new.detector != self.cfg.detector and self._given_backend is None:
-            backend = load_backend(new.detector.backend, new.detector.artifact, **new.detector.options)
+            backend = self._supervised_backend(new)
             old, self.backend = self.backend, backend
             self.cfg = new
             self.model_id = self._register_backend(backend)
@@ -256,6 +351,9 @@ class Daemon:
             log.info("inspection stopped", **log_fields(station=self.cfg.station, session=self.sequencer.session_id,
                                                         last_seq=last))
         self.backend.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         self.engine.dispose()
         self.state = HealthState.STOPPED
 
@@ -271,8 +369,13 @@ class Daemon:
         return False
 
     def health_summary(self) -> dict[str, object]:
+        """Rides on every bus heartbeat (so it also stamps the heartbeat metric and the queue gauge)."""
+        self.metrics.heartbeat()
+        self.metrics.set_queue_depth(len(self.queue))
+        self.metrics.observers_alive.set(sum(w.is_alive() for w in self.watchers.values()))
         return {"state": self.state.value, "queue": len(self.queue),
-                "watchers_alive": all(w.is_alive() for w in self.watchers.values())}
+                "watchers_alive": all(w.is_alive() for w in self.watchers.values()),
+                "problems": self.station_health.problems}
 
     def health(self) -> dict[str, object]:
         return {
@@ -298,9 +401,18 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
         self.start()
+        # READY=1 only now: model loaded, DB migrated, bus bound, watchers running. WATCHDOG=1 only while frames
+        # move (or nothing waits) and observers/worker are alive; STATUS= carries counts and queue depth.
+        self.notifier.ready(status=self.status_line())
+        monitor = ProgressMonitor(self.pipeline_snapshot, self.cfg.supervision.stall_s)
+        pinger = WatchdogPinger(self.notifier, monitor.check, watchdog_interval() or 5.0, status=self.status_line)
+        pinger.start()
         try:
             while not stop.wait(0.5):
                 pass
         finally:
+            pinger.stop()
+            self.notifier.stopping(status="stopping: finishing the frame in flight")
             self.stop()
+            self.notifier.close()
         return 0

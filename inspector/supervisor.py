@@ -213,6 +213,12 @@ class SupervisedDetector:
         with self._lock:
             self._drop_backend(wait=True)
 
+    def __getattr__(self, name: str) -> Any:
+        """Other attributes (``model_sha256``, ``precision``, ...) come from the backend being supervised."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._require_backend(), name)
+
     # --- internals -------------------------------------------------------------------------------------------
     def _require_backend(self) -> DetectorBackend:
         with self._lock:
