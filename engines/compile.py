@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: the training config's, else {DEFAULT_INPUT_SIZE[0]} {DEFAULT_INPUT_SIZE[1]})")
     parser.add_argument("--test-proposals", type=int, default=None,
                         help="RPN proposals kept per image after NMS at inference (default: the model config's)")
+    parser.add_argument("--batch-size", type=int, default=1,
+                        help="frames per graph run; the graph's batch dimension is static (default 1)")
     parser.add_argument("--tr-post", action="store_true",
                         help="compile TR-Post rescoring in (the graph then takes a template input)")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: engines.export_onnx's)")
@@ -65,7 +67,7 @@ class CompileOptions:
 
     def __init__(self, checkpoint: Path, target: str, out: Path, *, precision: str | None = None,
                  input_size: tuple[int, int] | None = None, test_proposals: int | None = None,
-                 tr_post: bool = False, opset: int | None = None, verify: bool = True) -> None:
+                 tr_post: bool = False, opset: int | None = None, verify: bool = True, batch_size: int = 1) -> None:
         self.checkpoint = Path(checkpoint)
         self.target = target
         self.out = Path(out)
@@ -75,6 +77,7 @@ class CompileOptions:
         self.tr_post = tr_post
         self.opset = opset
         self.verify = verify
+        self.batch_size = batch_size
         self._validate()
 
     @classmethod
@@ -82,7 +85,7 @@ class CompileOptions:
         return cls(args.checkpoint, args.target, args.out, precision=args.precision,
                    input_size=tuple(args.input_size) if args.input_size else None,
                    test_proposals=args.test_proposals, tr_post=args.tr_post, opset=args.opset,
-                   verify=not args.no_verify)
+                   verify=not args.no_verify, batch_size=args.batch_size)
 
     def _validate(self) -> None:
         if self.target not in ("onnxruntime", "tensorrt"):
@@ -95,6 +98,8 @@ class CompileOptions:
             check_input_size(self.input_size, "--input-size")
         if self.test_proposals is not None and self.test_proposals <= 0:
             raise ValueError(f"--test-proposals must be positive, got {self.test_proposals}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} exists and is not a directory")
 
@@ -150,6 +155,7 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
         roi_ops="rddn" if options.target == "tensorrt" else "onnx",
         precision=options.precision,
         opset=options.opset or export_onnx.DEFAULT_OPSET,
+        batch_size=options.batch_size,
     )
     options.out.mkdir(parents=True, exist_ok=True)
     onnx_path = options.out / ONNX_FILE

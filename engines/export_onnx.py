@@ -174,16 +174,17 @@ class RoutedRoIFeaturePooler(RoIFeaturePooler):
         return torch.cat((both[0], both[1]), dim=1)
 
     def _forward_custom(self, features: Sequence[Tensor], rois: Tensor, image_sizes: Tensor) -> Tensor:
-        from engines import custom_ops  # the kernels engineer's torch custom ops (export as rddn:: nodes)
+        """One ``rddn`` node per pooling: the kernels engineer's torch custom ops (engines/custom_ops.py)."""
+        from engines import custom_ops
 
-        feats = [f.half() for f in features] if self.precision == "fp16" else list(features)
-        height, width = (int(v) for v in image_sizes[0])
+        dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        feats = [f.to(dtype) for f in features]  # explicit Cast in the graph; rois stay float32
+        rois = rois.float()
         if self.context == "none":
-            pooled = custom_ops.multilevel_roi_align(feats, rois)
-        else:
-            pooled = custom_ops.context_roi_align(feats, rois, image_height=height, image_width=width, k=self.k,
-                                                  mode=self.context)
-        return pooled.float()
+            return custom_ops.multilevel_roi_align(feats, rois)
+        height, width = (int(v) for v in image_sizes[0])  # fixed graph input size: a node attribute
+        return custom_ops.context_roi_align(feats, rois, image_height=height, image_width=width, k=float(self.k),
+                                            mode=self.context)  # type: ignore[arg-type]
 
 
 def swap_poolers(model: nn.Module, roi_ops: str, precision: str) -> int:
@@ -195,6 +196,68 @@ def swap_poolers(model: nn.Module, roi_ops: str, precision: str) -> int:
             module.pooler = RoutedRoIFeaturePooler(pooler.context, pooler.k, roi_ops, precision)
             count += 1
     return count
+
+
+# ------------------------------------------------------------------------------------------------ FP16 plan
+class CastIO(nn.Module):
+    """Run ``module`` in ``dtype``: tensor inputs (also inside lists) are cast in, outputs cast to ``out_dtype``
+    (None: left in ``dtype``). Each cast is an explicit Cast node in the ONNX, which is what a strongly typed
+    TensorRT network (TensorRT 11: no FP16 builder flag) builds its precision from."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, out_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.module = module.to(dtype)
+        self.dtype = dtype
+        self.out_dtype = out_dtype
+
+    def forward(self, *args: Any) -> Any:
+        out = self.module(*(_cast(a, self.dtype) for a in args))
+        return out if self.out_dtype is None else _cast(out, self.out_dtype)
+
+    def __getattr__(self, name: str) -> Any:  # keep the wrapped module's plain attributes (e.g. out_channels)
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
+
+def _cast(value: Any, dtype: torch.dtype) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cast(v, dtype) for v in value)
+    return value
+
+
+class FloatAnchors(nn.Module):
+    """torchvision's AnchorGenerator makes anchors in the feature dtype; FP16 anchors are too coarse (1 px steps
+    above 1024), so the export hands it FP32 stand-ins of the FP16 features (only their shapes are read)."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, image_list: Any, feature_maps: list[Tensor]) -> list[Tensor]:
+        return self.generator(image_list, [f.float() for f in feature_maps])
+
+    def num_anchors_per_location(self) -> list[int]:
+        return self.generator.num_anchors_per_location()
+
+
+def apply_fp16(model: nn.Module) -> nn.Module:
+    """FP16 where the FLOPs are (backbone, PTG, fusion, FPN, RPN conv head, RoI box head), FP32 where precision
+    matters (input normalisation, anchors, box decoding, RoI coordinates, softmax, NMS). Operates on the copy."""
+    half = torch.float16
+    model.backbone = CastIO(model.backbone, half)
+    for name in ("ptg", "template_fusion"):
+        if getattr(model, name, None) is not None:
+            getattr(model, name).to(half)
+    model.fpn.to(half)
+    model.rpn.head = CastIO(model.rpn.head, half, torch.float32)
+    model.rpn.anchor_generator = FloatAnchors(model.rpn.anchor_generator)
+    for stage in model.roi_heads.stages:
+        stage.box_head = CastIO(stage.box_head, half, torch.float32)
+    return model
 
 
 # ---------------------------------------------------------------------------------------------- export module
@@ -238,6 +301,8 @@ def build_export_module(model: nn.Module, spec: ExportSpec) -> DetectorExport:
     private = copy.deepcopy(model).eval()
     fixed_count_rpn(private.rpn)
     swap_poolers(private, spec.roi_ops, spec.precision)
+    if spec.precision == "fp16":
+        apply_fp16(private)
     return DetectorExport(private, spec).eval()
 
 
@@ -381,12 +446,18 @@ def unpack_outputs(outputs: Sequence[np.ndarray], index: int = 0) -> dict[str, n
     return {"boxes": boxes[index, :n], "scores": scores[index, :n], "labels": labels[index, :n]}
 
 
-def eager_detections(model: nn.Module, inputs: Sequence[Tensor], tr_post: bool) -> dict[str, np.ndarray]:
-    """The unmodified model's detections of image 0, labels made 0-based like the graph's."""
+def batch_eager_detections(model: nn.Module, inputs: Sequence[Tensor], tr_post: bool) -> list[dict[str, np.ndarray]]:
+    """The model's detections of every image, labels made 0-based like the graph's."""
     template = inputs[1] if len(inputs) > 1 else None
     with torch.no_grad():
-        det = model(inputs[0], templates=template, tr_post=tr_post)[0]
-    return {"boxes": det["boxes"].numpy(), "scores": det["scores"].numpy(), "labels": det["labels"].numpy() - 1}
+        dets = model(inputs[0], templates=template, tr_post=tr_post)
+    return [{"boxes": d["boxes"].numpy(), "scores": d["scores"].numpy(), "labels": d["labels"].numpy() - 1}
+            for d in dets]
+
+
+def eager_detections(model: nn.Module, inputs: Sequence[Tensor], tr_post: bool) -> dict[str, np.ndarray]:
+    """Image 0's detections (see :func:`batch_eager_detections`)."""
+    return batch_eager_detections(model, inputs, tr_post)[0]
 
 
 def run_onnxruntime(path: Path, inputs: Sequence[Tensor], threads: int = 1) -> list[np.ndarray]:
@@ -413,9 +484,10 @@ def verify_against_eager(model: nn.Module, module: DetectorExport, path: Path, s
         outputs = custom_ops.run_reference(path, dict(zip(INPUT_NAMES, (x.numpy() for x in inputs))))
     else:
         outputs = run_onnxruntime(path, inputs)
-    reference = eager_detections(model, inputs, spec.tr_post)
-    report = compare_detections(reference, unpack_outputs(outputs))
-    if report.matched != report.compared:
-        raise RuntimeError(f"exported graph {path} disagrees with PyTorch: {report.summary()}; "
-                           f"unmatched: {report.unmatched[:5]}")
-    return report
+    reports = [compare_detections(reference, unpack_outputs(outputs, index))
+               for index, reference in enumerate(batch_eager_detections(model, inputs, spec.tr_post))]
+    for index, report in enumerate(reports):
+        if report.matched != report.compared:
+            raise RuntimeError(f"exported graph {path} disagrees with PyTorch on image {index}: {report.summary()}; "
+                               f"unmatched: {report.unmatched[:5]}")
+    return reports[0]

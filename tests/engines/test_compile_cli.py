@@ -1,0 +1,140 @@
+"""``rddn compile`` end to end: checkpoint -> artifact directory that the daemon's ONNX Runtime backend loads.
+
+Also: the TensorRT target without TensorRT on the machine writes the TensorRT-variant ONNX + metadata and says
+the engine is built on the target; bad options fail with a message naming the option or file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engines import compile as cc
+from engines.artifact import ArtifactMetadata, sha256_file
+from engines.onnx_graph import op_counts
+from training.engine.checkpoint import save_checkpoint
+from training.model import build_model
+from training.model.config import ModelConfig
+
+torch.set_num_threads(1)
+CLASSES = ["scratch", "dent"]
+
+
+def _checkpoint(tmp_path: Path, **overrides) -> Path:
+    config = ModelConfig.model_validate({
+        "class_names": CLASSES,
+        "backbone": {"depth": 18, "width": 16},
+        "fpn": {"out_channels": 32},
+        "rpn": {"pre_nms_top_n_test": 200, "post_nms_top_n_test": 100},
+        "roi_head": {"representation_size": 64},
+        **overrides,
+    })
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    with torch.no_grad():
+        model.roi_heads.stages[0].box_predictor.cls_score.weight.normal_(0.0, 0.3)
+    return save_checkpoint(tmp_path / "model.pt", model, epoch=3, iteration=120,
+                           train_config={"data": {"input_size": [96, 128]}})
+
+
+def test_compile_writes_an_artifact_the_daemon_backend_runs(tmp_path: Path, capsys) -> None:
+    from inspector.backends.onnxruntime import OnnxRuntimeBackend
+
+    ckpt = _checkpoint(tmp_path, reference={"input": "tr_pre"}, context={"enabled": True})
+    out = tmp_path / "artifact"
+    status = cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--test-proposals", "50",
+                      "--out", str(out)])
+    assert status == 0
+    log = capsys.readouterr().err
+    assert "[compile 1/5] loading checkpoint" in log and "self-check" in log and "20 matched" in log
+
+    meta = ArtifactMetadata.load(out)
+    assert meta.target == "onnxruntime" and meta.precision == "fp32" and meta.model_file == "model.onnx"
+    assert meta.class_names == CLASSES and meta.needs_template and not meta.tr_post
+    # the size recorded in the checkpoint's train_config is the graph's input size
+    assert (meta.preprocessing.input_height, meta.preprocessing.input_width) == (96, 128)
+    assert meta.preprocessing.normalization == "tr_pre"
+    assert meta.model_sha256 == sha256_file(out / "model.onnx")
+    assert meta.checkpoint_sha256 == sha256_file(ckpt)
+    assert meta.reference["test_proposals"] == 50 and meta.reference["context"]["enabled"] is True
+    assert {"torch", "onnx", "onnxruntime"} <= set(meta.exporter_versions)
+    assert meta.tensorrt is None
+    json.loads((out / "metadata.json").read_text())  # plain JSON for humans and tools
+
+    backend = OnnxRuntimeBackend(out)
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)  # native size != graph size: backend resizes
+    template = np.clip(frame.astype(np.int16) + rng.integers(-60, 60, frame.shape), 0, 255).astype(np.uint8)
+    results = backend.detect([frame], [template])
+    assert len(results) == 1 and len(results[0]) > 0
+    for det in results[0]:
+        assert det.label in CLASSES and det.score > meta.score_thresh
+        x1, y1, x2, y2 = det.box
+        assert 0 <= x1 <= x2 <= 200 and 0 <= y1 <= y2 <= 150  # mapped back to the frame's pixels
+    backend.close()
+
+
+def test_rddn_cli_delegates_compile(tmp_path: Path) -> None:
+    from training.cli import main
+
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "artifact"
+    status = main(["compile", "--checkpoint", str(ckpt), "--target", "onnxruntime", "--input-size", "64", "96",
+                   "--tr-post", "--no-verify", "--out", str(out)])
+    assert status == 0
+    meta = ArtifactMetadata.load(out)
+    assert (meta.preprocessing.input_height, meta.preprocessing.input_width) == (64, 96)
+    assert meta.tr_post and meta.needs_template  # TR-Post compiled in: the graph takes a template
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in graph.input] == ["image", "template"]
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 96]
+
+
+def test_tensorrt_target_without_tensorrt_ships_the_plugin_onnx(tmp_path: Path, capsys) -> None:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("tensorrt is installed here: this test covers build hosts without it")
+    ckpt = _checkpoint(tmp_path, context={"enabled": True})
+    out = tmp_path / "trt"
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "tensorrt", "--out", str(out)]) == 0
+    assert "engine is built on the target machine" in capsys.readouterr().err
+    meta = ArtifactMetadata.load(out)
+    assert meta.target == "tensorrt" and meta.precision == "fp16"
+    assert meta.onnx_file == "model.onnx" and meta.tensorrt is None
+    assert meta.model_sha256 == sha256_file(out / "model.onnx")
+    counts = op_counts(onnx.load(str(out / "model.onnx")))
+    assert counts["rddn::ContextRoIAlign"] >= 1 and counts["RoiAlign"] == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target", "onnxruntime", "--input-size", "100", "128"], "multiples of 32"),
+        (["--target", "onnxruntime", "--precision", "fp16"], "fp16 is for --target tensorrt"),
+        (["--target", "onnxruntime", "--test-proposals", "0"], "--test-proposals"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(tmp_path: Path, capsys, argv: list[str], message: str) -> None:
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not used")
+    assert cc.main(["--checkpoint", str(ckpt), *argv, "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_checkpoint_names_the_file(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.pt"
+    assert cc.main(["--checkpoint", str(missing), "--target", "onnxruntime", "--out", str(tmp_path / "o")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_input_size_from_train_config() -> None:
+    assert cc.input_size_from_train_config({"data": {"input_size": 512}}) == (512, 512)
+    assert cc.input_size_from_train_config({"data": {"image_size": [480, 640]}}) == (480, 640)
+    assert cc.input_size_from_train_config({"lr": 0.01}) is None
