@@ -1,0 +1,113 @@
+"""TensorRT engine caching and plugin registration.
+
+The cache logic (key = ONNX hash x GPU arch x TensorRT version x options, manifest, rebuild on mismatch) is plain
+Python and is tested here with a stand-in builder that writes bytes, because no TensorRT runs on CI. Everything
+that needs TensorRT itself is skipped with the reason when ``tensorrt`` does not import.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from engines import tensorrt_build as tb
+from engines.artifact import TensorRTInfo
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+NO_TENSORRT = "tensorrt is not installed here (its wheels download from NVIDIA's index at install time: offline)"
+
+
+class _RecordingBuilder:
+    """Stands in for ``build_engine``: writes deterministic bytes and the manifest, counts calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, onnx_path: Path, engine_path: Path, *, max_batch: int, workspace_mib: int, progress,
+                 key: tb.EngineKey) -> TensorRTInfo:
+        self.calls += 1
+        engine_path.write_bytes(b"engine for " + key.filename().encode())
+        info = TensorRTInfo(version=key.tensorrt_version, gpu_arch=key.gpu_arch, build_flags=tb.build_flags(key))
+        tb.write_manifest(engine_path, key, info)
+        return info
+
+
+@pytest.fixture()
+def onnx_file(tmp_path: Path) -> Path:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not really onnx, only hashed")
+    return path
+
+
+def test_engine_reused_when_gpu_and_tensorrt_match(onnx_file: Path, tmp_path: Path) -> None:
+    builder = _RecordingBuilder()
+    messages: list[str] = []
+    first, info = tb.ensure_engine(onnx_file, tmp_path / "cache", gpu_arch="sm_90", trt_version="10.11.0",
+                                   builder=builder, progress=messages.append)
+    again, info_again = tb.ensure_engine(onnx_file, tmp_path / "cache", gpu_arch="sm_90", trt_version="10.11.0",
+                                         builder=builder)
+    assert builder.calls == 1 and first == again and info == info_again
+    assert info.gpu_arch == "sm_90" and info.version == "10.11.0" and "strongly_typed" in info.build_flags
+    assert "sm_90" in first.name and "trt10.11.0" in first.name
+    assert any("building" in m for m in messages)
+
+
+@pytest.mark.parametrize("change", ["gpu_arch", "trt_version", "onnx", "max_batch"])
+def test_engine_rebuilt_when_anything_in_the_key_changes(onnx_file: Path, tmp_path: Path, change: str) -> None:
+    builder = _RecordingBuilder()
+    args = dict(gpu_arch="sm_90", trt_version="10.11.0", max_batch=1)
+    path, _ = tb.ensure_engine(onnx_file, tmp_path, builder=builder, **args)
+    if change == "onnx":
+        onnx_file.write_bytes(b"a retrained model")
+    else:
+        args[change] = {"gpu_arch": "sm_89", "trt_version": "11.0.0", "max_batch": 4}[change]
+    other, _ = tb.ensure_engine(onnx_file, tmp_path, builder=builder, **args)
+    assert builder.calls == 2 and other != path
+    assert path.is_file() and other.is_file()  # engines for other GPUs stay cached side by side
+
+
+def test_corrupt_or_unmanifested_engine_is_rebuilt(onnx_file: Path, tmp_path: Path) -> None:
+    builder = _RecordingBuilder()
+    path, _ = tb.ensure_engine(onnx_file, tmp_path, gpu_arch="sm_90", trt_version="10.11.0", builder=builder)
+    path.write_bytes(b"truncated")
+    tb.ensure_engine(onnx_file, tmp_path, gpu_arch="sm_90", trt_version="10.11.0", builder=builder)
+    assert builder.calls == 2
+    tb.manifest_path(path).write_text("{not json")
+    tb.ensure_engine(onnx_file, tmp_path, gpu_arch="sm_90", trt_version="10.11.0", builder=builder)
+    assert builder.calls == 3
+
+
+def test_builder_that_writes_no_manifest_is_an_error(onnx_file: Path, tmp_path: Path) -> None:
+    def careless(onnx_path, engine_path, **_kwargs):
+        engine_path.write_bytes(b"x")
+        return TensorRTInfo(version="10.11.0", gpu_arch="sm_90")
+
+    with pytest.raises(tb.EngineBuildError, match="manifest"):
+        tb.ensure_engine(onnx_file, tmp_path, gpu_arch="sm_90", trt_version="10.11.0", builder=careless)
+
+
+def test_missing_onnx_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="missing.onnx"):
+        tb.ensure_engine(tmp_path / "missing.onnx", tmp_path, gpu_arch="sm_90", trt_version="10.11.0")
+
+
+def test_cache_dir_from_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RDDN_ENGINE_CACHE", str(tmp_path / "engines"))
+    assert tb.default_cache_dir() == tmp_path / "engines"
+    monkeypatch.delenv("RDDN_ENGINE_CACHE")
+    monkeypatch.setenv("RDDN_CACHE_DIR", str(tmp_path / "root"))
+    assert tb.default_cache_dir() == tmp_path / "root" / "engines"
+
+
+@pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
+def test_plugin_registration_validates() -> None:
+    import tensorrt.plugin as trtp
+
+    from engines import tensorrt_plugins as tp
+
+    assert tp.register_plugins("sm_90") == "sm_90"
+    assert tp.register_plugins("sm_90") == "sm_90"  # idempotent
+    assert hasattr(trtp.op.rddn, tp.MULTILEVEL_OP) and hasattr(trtp.op.rddn, tp.CONTEXT_OP)
+    with pytest.raises(RuntimeError, match="already registered"):
+        tp.register_plugins("sm_80")
