@@ -42,12 +42,13 @@ def test_synthetic_dataset_batches_match_contract() -> None:
     assert float(images.max()) <= 255.0 and float(images.min()) >= 0.0
 
 
-def test_dataloader_with_collate_batch() -> None:
+def test_dataloader_with_collate_batch_and_a_worker() -> None:
     cfg = DataConfig(format="synthetic", synthetic=SyntheticSpec(height=64, width=64, defect_size=(4, 12)),
                      synthetic_samples=9, synthetic_val_samples=4, test_short_size=64)
-    loader = torch.utils.data.DataLoader(build_dataset(cfg, False), batch_size=2, collate_fn=collate_batch)
-    batches = list(loader)
+    loader = torch.utils.data.DataLoader(build_dataset(cfg, False), batch_size=2, collate_fn=collate_batch, num_workers=1)
+    batches = list(loader)  # batches cross a process boundary: Batch must survive pickling with its meta
     assert len(batches) == 2 and batches[0][0].shape == (2, 3, 64, 64)
+    assert [m["image_id"] for m in batches[1].meta] == ["synthetic-1000003-000002", "synthetic-1000003-000003"]
 
 
 def test_templates_as_normals_adds_defect_free_training_samples(deeppcb_root: Path) -> None:

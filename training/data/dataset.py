@@ -221,9 +221,11 @@ class Batch(tuple):
 
     meta: list[dict]
 
-    def __new__(cls, items: tuple, meta: list[dict]) -> "Batch":
+    def __new__(cls, items: tuple, meta: list[dict] | None = None) -> "Batch":
+        # ``meta`` has a default because unpickling (DataLoader workers) calls ``Batch(items)`` and then
+        # restores ``__dict__``
         obj = super().__new__(cls, items)
-        obj.meta = meta
+        obj.meta = meta if meta is not None else []
         return obj
 
 
