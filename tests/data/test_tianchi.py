@@ -37,7 +37,10 @@ def fabric_root(tmp_path: Path, write_image) -> Path:
     return root
 
 
-def test_fabric_reads_boxes_names_codes_and_normals(fabric_root: Path) -> None:
+def test_fabric_reads_boxes_names_codes_and_normals(fabric_root: Path, write_image) -> None:
+    # an unannotated image outside the normal folder could be an unlabelled defect: left out
+    write_image(fabric_root / "defect" / "ddd" / "ddd.jpg", _img())
+    write_image(fabric_root / "defect" / "ddd" / "template_ddd.jpg", _img())
     reader = TianchiFabricReader(fabric_root)
     assert len(FABRIC_CLASSES) == 15 and reader.class_names == FABRIC_CLASSES and reader.has_templates
     by_id = {reader.records[i].image_id: reader[i] for i in range(len(reader))}

@@ -83,10 +83,7 @@ class DataConfig(BaseModel):
 
         path = Path(self.annotation_file or "")
         path = path if path.is_absolute() else Path(self.root or ".") / path
-        try:
-            images = load_coco_json(path)["images"]
-        except (FileNotFoundError, ValueError):
-            return False
+        images = load_coco_json(path)["images"]  # a missing/broken file is an error here, naming the file
         return bool(images) and all(TEMPLATE_FIELD in img for img in images)
 
     def side(self, train: bool) -> str:

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from training.data.base import BaseReader, ImageRecord, in_holdout
-from training.data.issues import BadDataPolicy, DataIssueLog
+from training.data.issues import BadDataPolicy, DataIssueLog, logger
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -115,11 +115,18 @@ class TianchiFabricReader(BaseReader):
             if rec is not None:
                 records.append(rec)
         normal_set = {n.lower() for n in normal_dirs}
+        ignored = 0
         for name, path in sorted(images.items()):
-            if name not in entries and normal_set & {part.lower() for part in path.parts}:
+            if name in entries:
+                continue
+            if normal_set & {part.lower() for part in path.relative_to(self.root).parts[:-1]}:
                 rec = self._record(path, [], str(path))
                 if rec is not None:
                     records.append(rec)
+            else:  # unannotated outside a normal folder: cannot tell normal from unlabelled, so leave it out
+                ignored += 1
+        if ignored:
+            logger.info("%s: %d unannotated images outside %s folders ignored", self.root, ignored, list(normal_dirs))
         self.records = [r for r in records if _keep_split(r.image_id, split, val_fraction, split_seed)]
 
     def _load_entries(self, ann_path: Path) -> dict[str, list[tuple[list[float], int]]]:
