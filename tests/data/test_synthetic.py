@@ -125,3 +125,12 @@ def test_synthetic_module_is_torch_free() -> None:
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_cli_writes_a_readable_dataset(tmp_path: Path, capsys) -> None:
+    from training.data.synthetic import main
+
+    assert main([str(tmp_path / "ds"), "--n", "3", "--size", "64", "--surface", "fabric"]) == 0
+    assert "wrote 3 pairs" in capsys.readouterr().out
+    reader = DeepPCBReader(tmp_path / "ds")
+    assert len(reader) == 3 and reader[0].image.shape == (64, 64, 3)

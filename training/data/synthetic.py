@@ -397,3 +397,32 @@ def write_deeppcb_layout(
     list_path = root / list_name
     list_path.write_text("\n".join(lines))  # no final newline, like the published trainval.txt
     return list_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.data.synthetic OUT --n 200``: write a synthetic DeepPCB-format dataset."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a synthetic DeepPCB-format dataset (template + tested pairs).")
+    parser.add_argument("out", type=Path, help="dataset root to create")
+    parser.add_argument("--n", type=int, default=200, help="number of pairs")
+    parser.add_argument("--surface", choices=SURFACES, default="pcb")
+    parser.add_argument("--size", type=int, default=256, help="frame height and width in px")
+    parser.add_argument("--positions", type=int, default=8)
+    parser.add_argument("--max-shift", type=int, default=0, help="template/image misregistration in px")
+    parser.add_argument("--normal-fraction", type=float, default=0.2)
+    parser.add_argument("--group-size", type=int, default=100, help="pairs per groupNNNNN folder")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    spec = SyntheticSpec(
+        height=args.size, width=args.size, surface=args.surface, positions=args.positions, seed=args.seed,
+        max_shift=args.max_shift, normal_fraction=args.normal_fraction,
+        defect_size=(min(8, args.size // 4), min(32, args.size // 4)),
+    )
+    list_path = write_deeppcb_layout(args.out, args.n, spec, seed=args.seed, group_size=args.group_size)
+    print(f"wrote {args.n} pairs to {args.out} (list {list_path.name}, classes {', '.join(SYNTHETIC_CLASSES)})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
