@@ -55,6 +55,18 @@ def make_config(tmp_path: Path) -> Callable[..., StationConfig]:
     return build
 
 
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a station YAML (same defaults as ``make_config``) and return its path."""
+    import yaml
+
+    def write(name: str = "station.yaml", **overrides: object) -> Path:
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(station_dict(tmp_path, **overrides), sort_keys=False))
+        return path
+    return write
+
+
 class Frames:
     """Synthetic frames: 2 positions, 128 px, up to 4 px misregistration."""
 

@@ -1,0 +1,126 @@
+"""Database schema/migrations, template versions, history queries and renderings."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from inspector.db import Base, Camera, DetectionRow, Frame, make_engine, make_session_factory, upgrade_database
+from inspector.db.records import ensure_station, open_station_database
+from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
+                               summary_per_day)
+from inspector.templates import TemplateError, TemplateStore
+
+
+def test_migrations_create_exactly_the_orm_schema_and_are_idempotent(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'x.db'}")
+    upgrade_database(engine)
+    upgrade_database(engine)  # second start: no-op
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    engine.dispose()
+
+
+def test_frame_identity_is_unique(tmp_path, make_config):
+    cfg = make_config()
+    engine, factory, cams = open_station_database(cfg)
+    now = datetime.now(timezone.utc)
+    row = dict(camera_id=cams["cam1"], name="a.jpg", sha256="0" * 64, status="ok", source_path="/x", processed_at=now)
+    with factory.begin() as db:
+        db.add(Frame(**row))
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError):
+        with factory.begin() as db:
+            db.add(Frame(**row))
+    with factory.begin() as db:
+        db.add(Frame(**{**row, "sha256": "1" * 64}))  # same name, new content: a new frame
+    assert ensure_station(factory, cfg) == cams  # idempotent
+    engine.dispose()
+
+
+def test_template_versions(tmp_path, make_config, frames):
+    cfg = make_config()
+    engine, factory, cams = open_station_database(cfg)
+    store = TemplateStore(cfg, factory, cams)
+    img = frames.templates["P00"]
+    v1 = store.add("cam1", "P00", img)
+    assert store.add("cam1", "P00", img).id == v1.id  # same content: no new version
+    v2 = store.add("cam1", "P00", 255 - img)
+    assert (v1.version, v2.version) == (1, 2)
+    active = store.active("cam1", "P00")
+    assert active.id == v2.id and np.array_equal(active.image, 255 - img)
+    listed = store.list("cam1")
+    assert [(t.version, t.active) for _, t in listed] == [(1, False), (2, True)]
+    assert store.active("cam1", "P99") is None
+    png = tmp_path / "t.png"
+    import cv2
+
+    cv2.imwrite(str(png), cv2.cvtColor(frames.templates["P01"], cv2.COLOR_RGB2BGR))
+    t = store.add("cam1", "P01", png)
+    assert t.source == str(png) and np.array_equal(store.active("cam1", "P01").image, frames.templates["P01"])
+    with pytest.raises(TemplateError, match="no camera"):
+        store.add("camX", "P00", img)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(TemplateError, match="not a readable image"):
+        store.add("cam1", "P00", tmp_path / "bad.png")
+    engine.dispose()
+
+
+def seed_history(factory, cams):
+    day1 = datetime(2026, 5, 1, 8, tzinfo=timezone.utc)
+    day2 = day1 + timedelta(days=1)
+    with factory.begin() as db:
+        specs = [("f1.jpg", "P00", day1, "defective", [("open", 0.9), ("short", 0.4)]),
+                 ("f2.jpg", "P01", day1, "ok", []),
+                 ("f3.jpg", "P00", day2, "defective", [("open", 0.7)]),
+                 ("f4.jpg", None, day2, "quarantined", [])]
+        for name, pos, when, status, dets in specs:
+            frame = Frame(camera_id=cams["cam1"], name=name, sha256=name * 8, position=pos, status=status,
+                          source_path=name, processed_at=when, reason="corrupt: x" if status == "quarantined" else None)
+            db.add(frame)
+            db.flush()
+            for cls, score in dets:
+                db.add(DetectionRow(frame_id=frame.id, class_id=0, class_name=cls, score=score, x1=1, y1=2, x2=3, y2=4))
+    return day1, day2
+
+
+def test_history_filters_summaries_and_formats(make_config):
+    cfg = make_config()
+    engine, factory, cams = open_station_database(cfg)
+    day1, day2 = seed_history(factory, cams)
+    with factory() as db:
+        everything = query_history(db, HistoryFilter(station="teststation"))
+        assert len(everything) == 5  # 3 detections + 2 frames without any
+        assert everything[0].frame in ("f3.jpg", "f4.jpg")  # newest first
+        assert {r.frame for r in query_history(db, HistoryFilter(cls="open"))} == {"f1.jpg", "f3.jpg"}
+        assert {r.frame for r in query_history(db, HistoryFilter(min_score=0.8))} == {"f1.jpg"}
+        assert {r.frame for r in query_history(db, HistoryFilter(since=day2))} == {"f3.jpg", "f4.jpg"}
+        assert {r.frame for r in query_history(db, HistoryFilter(position="P01"))} == {"f2.jpg"}
+        assert {r.frame for r in query_history(db, HistoryFilter(status="quarantined"))} == {"f4.jpg"}
+        assert query_history(db, HistoryFilter(camera="nope")) == []
+        per_class = summary_per_class(db, HistoryFilter())
+        assert per_class == [{"class": "open", "detections": 2, "frames": 2, "max_score": 0.9},
+                             {"class": "short", "detections": 1, "frames": 1, "max_score": 0.4}]
+        per_day = summary_per_day(db, HistoryFilter())
+        assert per_day == [{"day": "2026-05-01", "frames": 2, "defective": 1, "ok": 1},
+                           {"day": "2026-05-02", "frames": 2, "defective": 1, "quarantined": 1}]
+        records = as_records(query_history(db, HistoryFilter(cls="open")))
+    assert json.loads(render(records, "json"))[0]["class"] == "open"
+    parsed = list(csv.DictReader(io.StringIO(render(records, "csv"))))
+    assert len(parsed) == 2 and parsed[0]["box"] == "1,2,3,4"
+    table = render(records, "table").splitlines()
+    assert table[0].split()[:3] == ["frame_id", "processed_at", "camera"] and len(table) == 4
+    assert render([], "table") == "(no rows)"
+    engine.dispose()
