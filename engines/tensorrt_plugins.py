@@ -294,3 +294,55 @@ def register_plugins(arch: str | None = None) -> str:
 
     _REGISTERED_ARCH = arch
     return arch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plugins' PTX outside TensorRT (GPU checks and benchmarks)
+
+
+class PTXPoolKernel:
+    """Loads a plugin's exact PTX with the CUDA driver (cuda-python) and launches it as TensorRT would: one thread
+    per output element, block ``BLOCK_SIZE``, arguments in ``pool_kernel.cuh`` order. Uses the calling thread's
+    current CUDA context (e.g. torch's), else device 0's primary context."""
+
+    def __init__(self, op: str, defines: Mapping[str, str] | None = None, arch: str = DEFAULT_ARCH,
+                 feature_type: FeatureType = "f32") -> None:
+        from cuda.bindings import driver
+
+        self._driver = driver
+        self.op = op
+        self.context_op = op == CONTEXT_OP
+        self.mode_concat = (defines or {}).get("RDDN_ATTR_MODE", "0") == "0"
+        ptx = compile_ptx(op, defines, arch=arch)
+        self._check(driver.cuInit(0), "cuInit")
+        if not int(self._check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")):
+            device = self._check(driver.cuDeviceGet(0), "cuDeviceGet")
+            context = self._check(driver.cuDevicePrimaryCtxRetain(device), "cuDevicePrimaryCtxRetain")
+            self._check(driver.cuCtxSetCurrent(context), "cuCtxSetCurrent")
+        self._module = self._check(driver.cuModuleLoadData(ptx + b"\0"), "cuModuleLoadData")
+        self._function = self._check(driver.cuModuleGetFunction(self._module, kernel_name(op, feature_type).encode()),
+                                     "cuModuleGetFunction")
+
+    def _check(self, result: Any, what: str) -> Any:
+        err, *values = result if isinstance(result, tuple) else (result,)
+        if err != self._driver.CUresult.CUDA_SUCCESS:
+            raise RuntimeError(f"CUDA driver {what} failed: {err}")
+        return values[0] if len(values) == 1 else None
+
+    def launch(self, feature_ptrs: Sequence[int], feature_hw: Sequence[tuple[int, int]], channels: int,
+               rois_ptr: int, num_rois: int, out_ptr: int, image_hw: tuple[int, int] = (0, 0),
+               output_size: int = 7, stream: int = 0) -> None:
+        """Launch on device pointers: 4 NCHW feature levels, float32 rois [R, 5], output [R, C_out, P, P]."""
+        import ctypes
+
+        if len(feature_ptrs) != 4 or len(feature_hw) != 4:
+            raise ValueError("PTXPoolKernel.launch needs 4 feature levels (P2..P5)")
+        ints = [num_rois, channels, *[v for hw in feature_hw for v in hw], image_hw[0], image_hw[1]]
+        args = ([ctypes.c_void_p(int(p)) for p in feature_ptrs] + [ctypes.c_void_p(int(rois_ptr))]
+                + [ctypes.c_int(int(v)) for v in ints] + [ctypes.c_void_p(int(out_ptr))])
+        params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+        out_channels = channels * (2 if self.context_op and self.mode_concat else 1)
+        total = num_rois * out_channels * output_size * output_size
+        grid = max(1, -(-total // BLOCK_SIZE))
+        self._check(self._driver.cuLaunchKernel(self._function, grid, 1, 1, BLOCK_SIZE, 1, 1, 0, stream,
+                                                ctypes.addressof(params), 0), "cuLaunchKernel")
