@@ -204,9 +204,8 @@ def _open(rng, img, fg, palette, size) -> None:
     bg = tuple(float(v) for v in palette[0])
     if fg is not None:
         cut = np.zeros(img.shape[:2], np.uint8)
-        cv2.rectangle(cut, (cx - half // 2, cy - half), (cx + half // 2, cy + half), 1, -1)
-        if rng.random() < 0.5:
-            cut = cut.T.copy() if cut.shape[0] == cut.shape[1] else cut
+        hx, hy = (half // 2, half) if rng.random() < 0.5 else (half, half // 2)  # cut across or along
+        cv2.rectangle(cut, (cx - hx, cy - hy), (cx + hx, cy + hy), 1, -1)
         region = cut.astype(bool) & fg
         img[region] = np.asarray(bg, np.float32).astype(np.uint8)
     else:
