@@ -30,7 +30,10 @@ class ActiveTemplate:
 
 
 def read_image_rgb(path: Path) -> np.ndarray:
-    data = np.fromfile(str(path), dtype=np.uint8)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as exc:
+        raise TemplateError(f"{path}: not a readable image ({exc.strerror or exc})") from None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise TemplateError(f"{path}: not a readable image")
