@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from training.data.base import SkippedSampleError
-from training.data.dataset import DataConfig, build_dataset, collate_batch
+from training.data.dataset import DataConfig, build_dataset
 from training.data.deeppcb import DeepPCBReader
 from training.data.issues import BadDataError, DataIssueLog
 
