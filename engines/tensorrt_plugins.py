@@ -13,15 +13,15 @@ int32 scalars, output pointer, in that order).
 PTX comes from ``nvcc -ptx`` when nvcc is installed, else from NVRTC (cuda-python's ``cuda.bindings.nvrtc``); both
 work without a GPU. ``tensorrt`` itself is imported only inside :func:`register_plugins`.
 """
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: tensorrt.plugin reads the plugin functions' annotations at
+# registration, which must be real objects (trtp.TensorDesc, npt.NDArray[np.float32]), not strings.
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, List, Literal, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -225,7 +225,8 @@ def _pool_aot(trt: Any, trtp: Any, op: str, inputs: Sequence[Any], outputs: Sequ
 
 
 def _pooled_desc(trtp: Any, p2: Any, rois: Any, output_size: int, channel_factor: int) -> Any:
-    shape = (rois.shape_expr[0], p2.shape_expr[1] * channel_factor, int(output_size), int(output_size))
+    channels = p2.shape_expr[1] if channel_factor == 1 else p2.shape_expr[1] * channel_factor
+    shape = (rois.shape_expr[0], channels, int(output_size), int(output_size))
     return trtp.from_shape_expr(shape, dtype=p2.dtype)
 
 
@@ -259,14 +260,14 @@ def register_plugins(arch: str | None = None) -> str:
         return _pooled_desc(trtp, p2, rois, output_size, 1)
 
     @trtp.autotune(f"{PLUGIN_NAMESPACE}::{MULTILEVEL_OP}")
-    def multilevel_autotune(p2, p3, p4, p5, rois, outputs) -> list[trtp.AutoTuneCombination]:
+    def multilevel_autotune(p2, p3, p4, p5, rois, outputs) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(io_types, "LINEAR")]
 
     @trtp.aot_impl(f"{PLUGIN_NAMESPACE}::{MULTILEVEL_OP}")
     def multilevel_aot(p2: trtp.TensorDesc, p3: trtp.TensorDesc, p4: trtp.TensorDesc, p5: trtp.TensorDesc,
                        rois: trtp.TensorDesc, spatial_scales: npt.NDArray[np.float32], output_size: int,
                        sampling_ratio: int, aligned: int, canonical_scale: float, level_eps: float,
-                       outputs: tuple[trtp.TensorDesc], tactic: int):
+                       outputs: Tuple[trtp.TensorDesc], tactic: int):
         defines = kernel_defines(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps)
         return _pool_aot(trt, trtp, MULTILEVEL_OP, (p2, p3, p4, p5, rois), outputs, defines, 0, 0, arch)
 
@@ -279,14 +280,14 @@ def register_plugins(arch: str | None = None) -> str:
         return _pooled_desc(trtp, p2, rois, output_size, 2 if mode == "concat" else 1)
 
     @trtp.autotune(f"{PLUGIN_NAMESPACE}::{CONTEXT_OP}")
-    def context_autotune(p2, p3, p4, p5, rois, outputs) -> list[trtp.AutoTuneCombination]:
+    def context_autotune(p2, p3, p4, p5, rois, outputs) -> List[trtp.AutoTuneCombination]:
         return [trtp.AutoTuneCombination(io_types, "LINEAR")]
 
     @trtp.aot_impl(f"{PLUGIN_NAMESPACE}::{CONTEXT_OP}")
     def context_aot(p2: trtp.TensorDesc, p3: trtp.TensorDesc, p4: trtp.TensorDesc, p5: trtp.TensorDesc,
                     rois: trtp.TensorDesc, spatial_scales: npt.NDArray[np.float32], output_size: int,
                     sampling_ratio: int, aligned: int, canonical_scale: float, level_eps: float, k: float,
-                    image_height: int, image_width: int, mode: str, outputs: tuple[trtp.TensorDesc], tactic: int):
+                    image_height: int, image_width: int, mode: str, outputs: Tuple[trtp.TensorDesc], tactic: int):
         defines = kernel_defines(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps,
                                  k=k, mode=mode)
         return _pool_aot(trt, trtp, CONTEXT_OP, (p2, p3, p4, p5, rois), outputs, defines, image_height,
