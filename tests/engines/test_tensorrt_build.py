@@ -111,3 +111,72 @@ def test_plugin_registration_validates() -> None:
     assert hasattr(trtp.op.rddn, tp.MULTILEVEL_OP) and hasattr(trtp.op.rddn, tp.CONTEXT_OP)
     with pytest.raises(RuntimeError, match="already registered"):
         tp.register_plugins("sm_80")
+
+
+class _PoolingOnly:
+    """Builds a graph of just the two plugin nodes (FP16 features, FP32 rois), exported through the custom ops."""
+
+    IMAGE = (256, 320)
+
+    @classmethod
+    def export(cls, path: Path, rois: int) -> None:
+        import torch
+
+        from engines import custom_ops as co
+
+        class Net(torch.nn.Module):
+            def forward(self, p2, p3, p4, p5, boxes):
+                feats = [p2, p3, p4, p5]
+                return (co.multilevel_roi_align(feats, boxes),
+                        co.context_roi_align(feats, boxes, image_height=cls.IMAGE[0], image_width=cls.IMAGE[1]))
+
+        program = torch.onnx.export(Net().eval(), cls.inputs(rois), dynamo=True,
+                                    custom_translation_table=co.onnx_translation_table(),
+                                    input_names=["p2", "p3", "p4", "p5", "rois"],
+                                    output_names=["pooled", "context"], verbose=False)
+        program.save(str(path))
+
+    @classmethod
+    def inputs(cls, rois: int):
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        feats = [torch.randn(1, 8, cls.IMAGE[0] // s, cls.IMAGE[1] // s, generator=gen).half() for s in (4, 8, 16, 32)]
+        side = torch.exp(torch.empty(rois, 2).uniform_(2.0, 6.5, generator=gen))
+        centre = torch.rand(rois, 2, generator=gen) * torch.tensor([float(cls.IMAGE[1]), float(cls.IMAGE[0])])
+        boxes = torch.cat([torch.zeros(rois, 1), centre - side / 2, centre + side / 2], dim=1)
+        return (*feats, boxes)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
+def test_engine_with_plugins_matches_pytorch(tmp_path: Path) -> None:
+    import tensorrt as trt
+    import torch
+
+    from engines import custom_ops as co
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    onnx_path = tmp_path / "pooling.onnx"
+    _PoolingOnly.export(onnx_path, rois=64)
+    messages: list[str] = []
+    engine_path, info = tb.ensure_engine(onnx_path, tmp_path / "cache", progress=messages.append)
+    assert info.gpu_arch == tb.current_gpu_arch() and messages
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
+    context = engine.create_execution_context()
+    inputs = [t.cuda().contiguous() for t in _PoolingOnly.inputs(64)]
+    outputs = {name: torch.empty(tuple(engine.get_tensor_shape(name)), dtype=torch.float16, device="cuda")
+               for name in ("pooled", "context")}
+    for name, tensor in zip(("p2", "p3", "p4", "p5", "rois"), inputs):
+        context.set_tensor_address(name, tensor.data_ptr())
+    for name, tensor in outputs.items():
+        context.set_tensor_address(name, tensor.data_ptr())
+    assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    feats, rois = inputs[:4], inputs[4]
+    expected = {"pooled": co.multilevel_roi_align(feats, rois),
+                "context": co.context_roi_align(feats, rois, image_height=_PoolingOnly.IMAGE[0],
+                                                image_width=_PoolingOnly.IMAGE[1])}
+    for name in outputs:
+        torch.testing.assert_close(outputs[name].float(), expected[name].float(), rtol=2e-3, atol=2e-3)
