@@ -148,6 +148,18 @@ class _PoolingOnly:
         return (*feats, boxes)
 
 
+def test_plugin_only_graph_exports_for_the_gpu_test(tmp_path: Path) -> None:
+    """Keeps the GPU test's input honest on CPU: exactly the two plugin nodes, FP16 in/out, FP32 rois."""
+    import onnx
+
+    _PoolingOnly.export(tmp_path / "pooling.onnx", rois=16)
+    model = onnx.load(str(tmp_path / "pooling.onnx"))
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("rddn", "MultiLevelRoIAlign"),
+                                                                   ("rddn", "ContextRoIAlign")]
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
+    assert types == {"p2": 10, "p3": 10, "p4": 10, "p5": 10, "rois": 1, "pooled": 10, "context": 10}
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
 def test_engine_with_plugins_matches_pytorch(tmp_path: Path) -> None:
