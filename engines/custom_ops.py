@@ -372,23 +372,44 @@ def _attrs_from_node(values: dict[str, Any], context: bool) -> RoIPoolingAttribu
     )
 
 
-def reference_ops() -> list[type]:
-    """``onnx.reference.op_run.OpRun`` classes for ``ReferenceEvaluator(model, new_ops=reference_ops())``."""
+Implementation = Literal["torch", "host_kernels"]
+
+
+def _run_torch(inputs: Sequence[np.ndarray], attrs: RoIPoolingAttributes, context: bool) -> np.ndarray:
+    features = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs[:NUM_LEVELS]]
+    rois = torch.from_numpy(np.ascontiguousarray(inputs[NUM_LEVELS]))
+    with torch.no_grad():
+        if context:
+            return context_roi_align_reference(features, rois, attrs).numpy()  # type: ignore[arg-type]
+        return multilevel_roi_align_reference(features, rois, attrs).numpy()
+
+
+def _run_host_kernels(inputs: Sequence[np.ndarray], attrs: RoIPoolingAttributes, context: bool) -> np.ndarray:
+    """The CUDA kernels' source built for the CPU (``engines.host_kernels``) in place of the plugins."""
+    from engines import host_kernels
+
+    values = {f.name: getattr(attrs, f.name) for f in fields(attrs)}
+    host_attrs = host_kernels.PoolingAttributes(**values)
+    return host_kernels.pool(list(inputs[:NUM_LEVELS]), np.asarray(inputs[NUM_LEVELS]), host_attrs, context=context)
+
+
+def reference_ops(implementation: Implementation = "torch") -> list[type]:
+    """``onnx.reference.op_run.OpRun`` classes for ``ReferenceEvaluator(model, new_ops=reference_ops())``.
+
+    ``torch``: the model's pooling (torchvision); ``host_kernels``: the plugins' CUDA source built for the CPU, so a
+    whole TensorRT-variant graph can run with the kernels' arithmetic where TensorRT cannot.
+    """
     from onnx.reference.op_run import OpRun
+
+    if implementation not in ("torch", "host_kernels"):
+        raise ValueError(f"implementation must be 'torch' or 'host_kernels', got {implementation!r}")
+    pool = _run_torch if implementation == "torch" else _run_host_kernels
 
     def run(self: OpRun, inputs: Sequence[np.ndarray], context: bool) -> tuple[np.ndarray]:
         names = ("spatial_scales", "output_size", "sampling_ratio", "aligned", "canonical_scale", "level_eps",
                  "k", "image_height", "image_width", "mode")
         values = {n: getattr(self, n) for n in names if getattr(self, n, None) is not None}
-        attrs = _attrs_from_node(values, context)
-        features = [torch.from_numpy(np.ascontiguousarray(a)) for a in inputs[:NUM_LEVELS]]
-        rois = torch.from_numpy(np.ascontiguousarray(inputs[NUM_LEVELS]))
-        with torch.no_grad():
-            if context:
-                out = context_roi_align_reference(features, rois, attrs)  # type: ignore[arg-type]
-            else:
-                out = multilevel_roi_align_reference(features, rois, attrs)
-        return (out.numpy(),)
+        return (pool(inputs, _attrs_from_node(values, context), context),)
 
     class MultiLevelRoIAlign(OpRun):
         op_domain = DOMAIN
@@ -405,8 +426,8 @@ def reference_ops() -> list[type]:
     return [MultiLevelRoIAlign, ContextRoIAlign]
 
 
-def run_reference(model: Any, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None
-                  ) -> list[np.ndarray]:
+def run_reference(model: Any, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None,
+                  implementation: Implementation = "torch") -> list[np.ndarray]:
     """Run a TensorRT-variant ONNX (path or ModelProto) on CPU with ``onnx.reference`` + these ops' reference
     implementations; returns the outputs in graph order (or ``output_names`` order). Slow on big graphs (numpy
     convolutions): meant for parity checks, not serving."""
@@ -414,5 +435,5 @@ def run_reference(model: Any, feeds: Mapping[str, np.ndarray], output_names: Seq
     from onnx.reference import ReferenceEvaluator
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
-    evaluator = ReferenceEvaluator(proto, new_ops=reference_ops())
+    evaluator = ReferenceEvaluator(proto, new_ops=reference_ops(implementation))
     return list(evaluator.run(list(output_names) if output_names else None, dict(feeds)))

@@ -151,3 +151,18 @@ def test_host_kernels_agree_with_the_custom_ops_fp16() -> None:
     expected = co.context_roi_align(feats, rois, image_height=IMAGE[0], image_width=IMAGE[1]).float().numpy()
     got = hk.context_roi_align([f.numpy() for f in feats], rois.numpy(), hk.default_attributes(IMAGE))
     np.testing.assert_allclose(got.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_trt_variant_graph_runs_with_the_kernels_host_build(exported) -> None:
+    """The whole graph with the plugins' CUDA source (built for the CPU) doing the pooling = PyTorch."""
+    net, model = exported
+    image = torch.rand(2, 3, *IMAGE, generator=torch.Generator().manual_seed(5)) * 255
+    feeds = {"image": image.numpy(), "rois": _rois().numpy()}
+    with torch.no_grad():
+        expected = [t.numpy() for t in net(image, _rois())]
+    got = co.run_reference(model, feeds, implementation="host_kernels")
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float16 and g.shape == e.shape
+        np.testing.assert_allclose(g.astype(np.float32), e.astype(np.float32), rtol=2e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="implementation"):
+        co.reference_ops("cuda")  # type: ignore[arg-type]
