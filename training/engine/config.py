@@ -79,6 +79,9 @@ class TrainConfig(_Strict):
     checkpoint_every_iters: int | None = Field(None, gt=0)  # last.pt is also written at every epoch end
     max_iters: int | None = Field(None, gt=0)  # overrides epochs x iters/epoch for short runs
     time_budget_minutes: float | None = Field(None, gt=0)  # stop cleanly (checkpoint) when used up
+    # "wall": elapsed real time; "process": this process's CPU time, which keeps equal-budget comparisons fair
+    # on a shared machine whose load changes between runs (use with workers: 0 so loading is counted too)
+    time_budget_clock: Literal["wall", "process"] = "wall"
     ptg_normals_per_batch: int = Field(1, ge=1)  # normal samples per batch when model.reference.feature=ptg
     log_every: int = Field(20, gt=0)  # progress-bar refresh; the metrics log gets every iteration
     progress_bar: bool = True
@@ -159,18 +162,45 @@ class ConfigError(ValueError):
     """A config file that cannot be read or validated; the message names the file and the keys."""
 
 
-def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML training config, apply ``--set`` overrides, validate. Relative data paths stay as written
-    (they are relative to the working directory, which for the CLI is the repository root)."""
-    path = Path(path)
+BASE_KEY = "base"
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, section by section (a variant config states only what differs)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; ``base: other.yaml`` (relative to this file) is loaded first and overridden by this one."""
     if not path.is_file():
         raise ConfigError(f"training config not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, ...)")
+    base = raw.pop(BASE_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
+    return deep_merge(read_yaml_with_base(path.parent / base, _seen + (path.resolve(),)), raw)
+
+
+def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML training config (and its ``base`` chain), apply ``--set`` overrides, validate. Relative data
+    paths stay as written (relative to the working directory, which for the CLI is the repository root)."""
+    path = Path(path)
+    raw = read_yaml_with_base(path)
     try:
         raw = apply_overrides(raw, overrides)
     except ValueError as exc:

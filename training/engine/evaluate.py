@@ -9,7 +9,6 @@ through the same per-axis scaling, which leaves IoU unchanged, so every metric i
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -122,7 +121,8 @@ def collect_predictions(
     gts: list[dict] = []
     examples: list[dict[str, Any]] = []
     try:
-        for images, templates, targets, sizes in loader:
+        for batch in loader:
+            images, templates, targets, sizes = batch
             if wants_templates and templates is None:
                 raise ValueError("the model needs templates (reference.input/feature or TR-Post) but the data has none")
             outputs = model(
@@ -134,37 +134,33 @@ def collect_predictions(
             for i, (out, tgt) in enumerate(zip(outputs, targets)):
                 preds.append(to_numpy_detections(out))
                 gts.append(to_numpy_ground_truth(tgt))
-                if len(examples) < num_examples:
+                if len(examples) < num_examples and len(gts[-1]["labels"]):  # defective images make examples
                     h, w = sizes[i]
                     image = images[i, :, :h, :w].permute(1, 2, 0).clamp(0, 255).byte().numpy()
-                    examples.append({"image": image, "pred": preds[-1], "gt": gts[-1], "index": len(preds) - 1})
+                    image_id = str(getattr(batch, "meta", [{}] * len(outputs))[i].get("image_id", len(preds) - 1))
+                    examples.append({"image": np.ascontiguousarray(image), "pred": preds[-1], "gt": gts[-1],
+                                     "index": len(preds) - 1, "image_id": image_id})
     finally:
         model.train(was_training)
     return preds, gts, examples
 
 
-def draw_examples(examples: Sequence[dict[str, Any]], class_names: Sequence[str], out_dir: Path) -> list[Path]:
-    """PNG per example: ground truth in green, detections (score >= EXAMPLE_SCORE_THRESH) in red with scores."""
+def write_examples(examples: Sequence[dict[str, Any]], class_names: Sequence[str], out_dir: Path,
+                   score_thresh: float = EXAMPLE_SCORE_THRESH) -> list[Path]:
+    """PNG per example (network-input frame): ground truth green, detections >= ``score_thresh`` red."""
     import cv2
+
+    from training.data.sample import Sample
+    from training.evaluation.report import draw_example
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for ex in examples:
-        canvas = cv2.cvtColor(ex["image"], cv2.COLOR_RGB2BGR).copy()
-        for box in ex["gt"]["boxes"]:
-            x1, y1, x2, y2 = (int(round(v)) for v in box)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 200, 0), 1)
-        pred = ex["pred"]
-        for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"]):
-            if score < EXAMPLE_SCORE_THRESH:
-                continue
-            x1, y1, x2, y2 = (int(round(v)) for v in box)
-            cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 255), 1)
-            name = class_names[int(label) - 1] if 1 <= int(label) <= len(class_names) else str(int(label))
-            cv2.putText(canvas, f"{name} {score:.2f}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
-                        (0, 0, 255), 1, cv2.LINE_AA)
-        path = out_dir / f"example_{ex['index']:04d}.png"
-        cv2.imwrite(str(path), canvas)
+        sample = Sample(image=ex["image"], template=None, image_id=ex["image_id"])
+        canvas = draw_example(sample, ex["pred"], ex["gt"], class_names, score_thresh)
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ex["image_id"])
+        path = out_dir / f"{ex['index']:04d}_{stem}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
         written.append(path)
     return written
 
@@ -202,33 +198,12 @@ def evaluate_model(
     result["tr_post"] = bool(tr_post if tr_post is not None else model.config.reference.tr_post)
     result.update(extra or {})
     if out_dir is not None:
-        write_full_report(Path(out_dir), result, preds, gts, class_names, examples)
+        from training.evaluation import write_report
+
+        out_dir = Path(out_dir)
+        write_report(out_dir, result, preds, gts, class_names=class_names, seconds=seconds)
+        write_examples(examples, class_names, out_dir / "examples")
     return result
-
-
-def write_full_report(out_dir: Path, result: dict[str, Any], preds, gts, class_names, examples) -> None:
-    from training.evaluation import write_report
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_report(out_dir, result, preds=preds, gts=gts, class_names=class_names)
-    draw_examples(examples, class_names, out_dir / "examples")
-    report = out_dir / "report.json"
-    if not report.is_file():  # write_report names its files; report.json is this runner's promise
-        report.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def evaluate_checkpoint(

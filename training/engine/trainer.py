@@ -291,17 +291,19 @@ class Trainer:
         self.bare_model.train()
         progress = self._progress_bar()
         previous_handlers = self._install_signal_handlers()
-        start = time.monotonic() - self.state.elapsed
+        clock = time.process_time if self.cfg.time_budget_clock == "process" else time.monotonic
+        start = clock() - self.state.elapsed
+        wall_start = time.monotonic()
         try:
-            while not self._should_stop(time.monotonic() - start):
+            while not self._should_stop(clock() - start):
                 in_epoch = self.state.iteration - self.state.epoch * self.iters_per_epoch
                 epoch_start = time.monotonic()
                 for batch in self._loader(in_epoch):
-                    elapsed = time.monotonic() - start
+                    elapsed = clock() - start
                     lr = self.schedule.apply(self.optimizer, self.state.iteration, self._budget_fraction(elapsed))
                     values = ddp.reduce_mean(self.step(batch), self.info)
                     self.state.iteration += 1
-                    self.state.elapsed = time.monotonic() - start
+                    self.state.elapsed = clock() - start
                     self.state.last_losses = values
                     self._log_iteration(progress, values, lr)
                     every = self.cfg.checkpoint_every_iters
@@ -316,7 +318,7 @@ class Trainer:
                         "epoch", epoch=self.state.epoch, iteration=self.state.iteration,
                         seconds=round(time.monotonic() - epoch_start, 3), **self.state.last_losses,
                     )
-                self.state.elapsed = time.monotonic() - start
+                self.state.elapsed = clock() - start
                 self.save()
                 every_eval = self.cfg.eval_every_epochs
                 last_epoch = self.state.stop_reason in ("finished", "time_budget")
@@ -328,7 +330,8 @@ class Trainer:
             if progress is not None:
                 progress.close()
         self.log.write("stop", reason=self.state.stop_reason, epoch=self.state.epoch, iteration=self.state.iteration,
-                       seconds=round(self.state.elapsed, 3), eval=self.state.eval_metrics)
+                       seconds=round(self.state.elapsed, 3), clock=self.cfg.time_budget_clock,
+                       wall_seconds_this_session=round(time.monotonic() - wall_start, 3), eval=self.state.eval_metrics)
         return self.state
 
     # -- reporting --------------------------------------------------------------------------------------
