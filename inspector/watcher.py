@@ -10,6 +10,7 @@ never propagated: an exception inside a watchdog handler would kill the observer
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -82,11 +83,13 @@ class CameraWatcher:
         self._stop = threading.Event()
         self._observer: Observer | PollingObserver | None = None
         self._checker: threading.Thread | None = None
+        self._folder_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder being watched
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
         _install_noise_filter()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._folder_id = self._current_folder_id()
         self._stop.clear()
         self._start_observer()
         if self.polling:
@@ -110,16 +113,29 @@ class CameraWatcher:
             self._checker.join(timeout)
             self._checker = None
 
+    def _current_folder_id(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
     def is_alive(self) -> bool:
+        """The observer threads run *and* still watch the folder: an inotify watch dies silently with its
+        directory (deleted, or deleted and recreated: a new inode), while the observer thread lives on."""
         observer_ok = self._observer is not None and self._observer.is_alive()
         checker_ok = (not self.polling) or (self._checker is not None and self._checker.is_alive())
-        return observer_ok and checker_ok
+        folder_ok = self._folder_id is not None and self._current_folder_id() == self._folder_id
+        return observer_ok and checker_ok and folder_ok
 
     def ensure_alive(self) -> bool:
         """Restart a dead observer (e.g. the folder vanished and came back); True if it had to."""
         if self._stop.is_set() or self.is_alive():
             return False
-        log.error("drop-folder observer died; restarting", **log_fields(camera=self.camera.id, folder=str(self.folder)))
+        reason = "folder missing" if self._current_folder_id() is None else (
+            "folder replaced" if self._current_folder_id() != self._folder_id else "observer thread died")
+        log.error("drop-folder observer died; restarting",
+                  **log_fields(camera=self.camera.id, folder=str(self.folder), reason=reason))
         self.restarts += 1
         self.stop()
         self.start()
