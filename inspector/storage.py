@@ -29,15 +29,27 @@ def unique_destination(directory: Path, name: str, sha256: str) -> Path:
 
 
 def move_file(src: Path, dest: Path) -> Path:
-    """Atomic rename within a filesystem, copy+fsync+unlink across filesystems (processed/ may be a share)."""
+    """Atomic rename within a filesystem, copy+fsync+rename+unlink across filesystems (processed/ may be a share).
+
+    The cross-filesystem copy goes to a hidden temp name first and is renamed onto ``dest`` only when complete:
+    a copy cut short (disk full, share gone) must never leave a truncated ``dest`` that a retry would take for
+    the stored frame (and then delete the only good copy)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(src, dest)
+        return dest
     except OSError:
-        shutil.copy2(src, dest)
-        with open(dest, "rb") as handle:
+        pass
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        shutil.copy2(src, tmp)
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
-        os.unlink(src)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.unlink(src)
     return dest
 
 
