@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, List, Literal, Mapping, Sequence, Tuple
+from typing import Any, List, Literal, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -76,6 +76,12 @@ def kernel_defines(
     if mode is not None:
         defines["RDDN_ATTR_MODE"] = "1" if mode == "context_only" else "0"
     return defines
+
+
+def clean_mode(mode: str | bytes) -> str:
+    """A string attribute as TensorRT hands it over (bytes, maybe NUL-terminated) -> 'concat' / 'context_only'."""
+    text = mode.decode() if isinstance(mode, bytes) else str(mode)
+    return text.rstrip("\x00").strip()
 
 
 def kernel_name(op: str, feature_type: FeatureType) -> str:
@@ -250,6 +256,8 @@ def register_plugins(arch: str | None = None) -> str:
         raise RuntimeError(f"TensorRT {trt.__version__} has no tensorrt.plugin.aot_impl (need >= 10.11)")
 
     io_types = "FP32|FP16, FP32|FP16, FP32|FP16, FP32|FP16, FP32, FP32|FP16"
+    # tensorrt.plugin requires this exact return annotation on aot_impl functions
+    AotResult = Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]
 
     # -- MultiLevelRoIAlign ---------------------------------------------------------------------------------
     @trtp.register(f"{PLUGIN_NAMESPACE}::{MULTILEVEL_OP}")
@@ -267,7 +275,7 @@ def register_plugins(arch: str | None = None) -> str:
     def multilevel_aot(p2: trtp.TensorDesc, p3: trtp.TensorDesc, p4: trtp.TensorDesc, p5: trtp.TensorDesc,
                        rois: trtp.TensorDesc, spatial_scales: npt.NDArray[np.float32], output_size: int,
                        sampling_ratio: int, aligned: int, canonical_scale: float, level_eps: float,
-                       outputs: Tuple[trtp.TensorDesc], tactic: int):
+                       outputs: Tuple[trtp.TensorDesc], tactic: int) -> AotResult:
         defines = kernel_defines(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps)
         return _pool_aot(trt, trtp, MULTILEVEL_OP, (p2, p3, p4, p5, rois), outputs, defines, 0, 0, arch)
 
@@ -277,7 +285,7 @@ def register_plugins(arch: str | None = None) -> str:
                      rois: trtp.TensorDesc, spatial_scales: npt.NDArray[np.float32], output_size: int,
                      sampling_ratio: int, aligned: int, canonical_scale: float, level_eps: float, k: float,
                      image_height: int, image_width: int, mode: str) -> trtp.TensorDesc:
-        return _pooled_desc(trtp, p2, rois, output_size, 2 if mode == "concat" else 1)
+        return _pooled_desc(trtp, p2, rois, output_size, 2 if clean_mode(mode) == "concat" else 1)
 
     @trtp.autotune(f"{PLUGIN_NAMESPACE}::{CONTEXT_OP}")
     def context_autotune(p2, p3, p4, p5, rois, outputs) -> List[trtp.AutoTuneCombination]:
@@ -287,9 +295,10 @@ def register_plugins(arch: str | None = None) -> str:
     def context_aot(p2: trtp.TensorDesc, p3: trtp.TensorDesc, p4: trtp.TensorDesc, p5: trtp.TensorDesc,
                     rois: trtp.TensorDesc, spatial_scales: npt.NDArray[np.float32], output_size: int,
                     sampling_ratio: int, aligned: int, canonical_scale: float, level_eps: float, k: float,
-                    image_height: int, image_width: int, mode: str, outputs: Tuple[trtp.TensorDesc], tactic: int):
+                    image_height: int, image_width: int, mode: str, outputs: Tuple[trtp.TensorDesc],
+                    tactic: int) -> AotResult:
         defines = kernel_defines(spatial_scales, output_size, sampling_ratio, aligned, canonical_scale, level_eps,
-                                 k=k, mode=mode)
+                                 k=k, mode=clean_mode(mode))
         return _pool_aot(trt, trtp, CONTEXT_OP, (p2, p3, p4, p5, rois), outputs, defines, image_height,
                          image_width, arch)
 
