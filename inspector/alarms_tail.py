@@ -34,7 +34,8 @@ class ReplayError(RuntimeError):
 
 
 def request_replay(context: zmq.Context, endpoint: str, session: str | None, after: int,
-                   timeout_ms: int = REPLAY_TIMEOUT_MS) -> tuple[dict, list[dict]]:
+                   timeout_ms: int = REPLAY_TIMEOUT_MS,
+                   secure: Callable[[zmq.Socket], None] | None = None) -> tuple[dict, list[dict]]:
     """All alarms of ``session`` after ``after`` from the replay endpoint (follows ``more`` pages)."""
     alarms: list[dict] = []
     header: dict = {}
@@ -42,6 +43,8 @@ def request_replay(context: zmq.Context, endpoint: str, session: str | None, aft
         sock = context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        if secure is not None:
+            secure(sock)  # CURVE client keys (inspector.security.secure_client)
         try:
             sock.connect(endpoint)
             sock.send(json.dumps({"session": session, "after": after}).encode())
@@ -66,13 +69,15 @@ class AlarmTail:
 
     def __init__(self, publish_endpoint: str, replay_endpoint: str, station: str | None = None,
                  on_alarm: Callable[[dict], None] | None = None, on_status: Callable[[dict], None] | None = None,
-                 after: int | None = None, session: str | None = None, context: zmq.Context | None = None) -> None:
+                 after: int | None = None, session: str | None = None, context: zmq.Context | None = None,
+                 secure: Callable[[zmq.Socket], None] | None = None) -> None:
         self.publish_endpoint = publish_endpoint
         self.replay_endpoint = replay_endpoint
         self.on_alarm = on_alarm or (lambda a: None)
         self.on_status = on_status or (lambda s: None)
         self.start_after = after
         self.state = TailState(session=session, last_seq=after if session else None)
+        self.secure = secure  # applied to every socket before connect (CURVE: a bus with keys needs them)
         self._own_context = context is None
         self.context = context or zmq.Context()
         self.sub = self.context.socket(zmq.SUB)
@@ -80,6 +85,8 @@ class AlarmTail:
         prefix = f".{station}." if station else ""
         for kind in ("alarm", "status"):
             self.sub.setsockopt(zmq.SUBSCRIBE, f"{kind}{prefix}".encode())
+        if secure is not None:
+            secure(self.sub)
         self.sub.connect(publish_endpoint)
 
     def close(self) -> None:
@@ -97,7 +104,7 @@ class AlarmTail:
     def _fill(self, session: str, upto: int | None = None) -> None:
         """Replay ``session`` after our last seq (up to ``upto`` exclusive when given)."""
         after = self.state.last_seq or 0
-        _, alarms = request_replay(self.context, self.replay_endpoint, session, after)
+        _, alarms = request_replay(self.context, self.replay_endpoint, session, after, secure=self.secure)
         for alarm in alarms:
             if upto is not None and alarm["seq"] >= upto:
                 break

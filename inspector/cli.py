@@ -136,11 +136,19 @@ def cmd_alarms_tail(args: argparse.Namespace) -> int:
 
     station = args.station
     publish, replay = args.publish, args.replay
+    server_key = args.server_key
     if args.config:
         cfg = _load(args.config)
         publish, replay, station = publish or cfg.bus.publish, replay or cfg.bus.replay, station or cfg.station
+        if server_key is None and cfg.bus.curve.enabled:
+            server_key = cfg.bus.curve.server_secret_key  # on the daemon's host: its public half is in there
     if not publish or not replay:
         raise ConfigError("alarms tail: give --config FILE or both --publish and --replay endpoints")
+    secure = None
+    if server_key is not None:
+        from inspector.security import secure_client
+
+        secure = lambda sock: secure_client(sock, Path(server_key), args.client_key)  # noqa: E731
 
     def show_alarm(alarm: dict) -> None:
         print(json.dumps(alarm) if args.json else format_alarm(alarm), flush=True)
@@ -151,7 +159,8 @@ def cmd_alarms_tail(args: argparse.Namespace) -> int:
                   f"-- {status['type']} station={status['station']} session={status['session']} "
                   f"last_seq={status.get('last_seq')}", flush=True)
 
-    tail = AlarmTail(publish, replay, station, show_alarm, show_status, after=args.after, session=args.session)
+    tail = AlarmTail(publish, replay, station, show_alarm, show_status, after=args.after, session=args.session,
+                     secure=secure)
     try:
         state = tail.run(args.duration)
     except KeyboardInterrupt:
@@ -226,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--duration", type=float, help="stop after this many seconds")
     a.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
     a.add_argument("--json", action="store_true")
+    a.add_argument("--server-key", type=Path, help="CURVE: the daemon's public key file (NAME.key)")
+    a.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file (NAME.key_secret)")
     a.set_defaults(func=cmd_alarms_tail)
 
     p = sub.add_parser("demo", help="a demo station on synthetic frames, with a live alarm tail")
