@@ -146,6 +146,7 @@ class StationConfig(_Strict):
     alignment: AlignmentConfig = AlignmentConfig()
     reconcile_interval_s: float = Field(30.0, gt=0)
     queue_size: int = Field(1000, ge=1)
+    workers: int = Field(2, ge=1, le=16)  # frames analysed (decode/align/detect) concurrently; commits stay serial
     save_annotated: bool = True
     metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (loopback; port null = off)
     supervision: SupervisionConfig = SupervisionConfig()  # detector deadline/restarts, DB retry, watchdog

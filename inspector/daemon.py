@@ -2,8 +2,10 @@
 
 Explicit ``start()``/``stop()``/``reload()``/``health()`` and no module-level state, so the service layer
 (systemd notify, metrics, fault tests) can drive it, and tests can run several in one process. Threads:
-one worker (frames are processed one at a time: a gap-free alarm sequence and a bounded memory footprint),
-one observer per camera, the bus thread, and a supervisor (periodic reconcile, observer liveness, retention).
+``workers`` analysis threads (decode/align/detect: OpenCV and ONNX Runtime release the GIL) feeding one
+commit thread (DB, publish, move: one at a time, in arrival order, so the alarm sequence is gap-free and memory
+bounded), one observer per camera, the bus thread, and a supervisor (periodic reconcile, observer liveness,
+retention).
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -113,7 +117,7 @@ class Daemon:
         self.pipeline = Pipeline(cfg, self.factory, self.camera_ids, self.templates, self.backend, self.model_id,
                                  self.sequencer, self.bus)
         self.pipeline.frame_hooks.append(self._on_frame)
-        self.pipeline.stage_hooks.append(lambda stage, ms: self.metrics.observe_stage(stage, ms / 1000.0))
+        self.pipeline.stage_hooks.append(self.metrics.observe_stage)  # hooks get (stage, seconds)
         if cfg.metrics.port is not None and self.metrics_server is None:
             self.metrics_server = self.metrics.serve(cfg.metrics.port, cfg.metrics.address)
             log.info("metrics endpoint", **log_fields(url=f"http://{cfg.metrics.address}:{self.metrics_server.port}/metrics"))
@@ -218,43 +222,56 @@ class Daemon:
             self.metrics.template_miss(outcome.job.camera, position)
 
     def _worker(self) -> None:
-        while not self._stop_worker.is_set():
-            job = self.queue.get(timeout=0.1)
-            if job is None:
-                continue
-            self.in_flight = job
-            retry_after = 0.0
-            try:
-                assert self.pipeline is not None
-                self.pipeline.process(job)
-                if self._db_backoff.attempts:
-                    self._db_backoff.reset()
-                    self.station_health.recover("database")
-            except SQLAlchemyError as exc:
-                # The DB is unavailable (locked by another writer, server down): the frame is fine and stays in
-                # the drop folder; retry it with exponential backoff, and say "degraded" meanwhile.
-                self.errors["db"] += 1
-                self.progress += 1  # waiting on the DB is not a wedge: restarting us would not fix it
-                self.metrics.db_retries.inc()
-                retry_after = self._db_backoff.next_delay()
-                cause = getattr(exc, "orig", None) or exc
-                self.station_health.degrade("database", f"database unavailable ({type(cause).__name__})")
-                log.error("database error; frame kept for retry", **log_fields(
-                    camera=job.camera, frame=job.path.name, retry_in_s=retry_after, error=str(exc).splitlines()[0]))
-            except (DetectorTimeout, InspectionUnavailable) as exc:
-                retry_after = 1.0  # the supervisor already reported degraded; the frame waits for a detector
-                log.error("detector unavailable; frame kept for retry", **log_fields(
-                    camera=job.camera, frame=job.path.name, error=str(exc)))
-            except Exception:  # noqa: BLE001 - the worker must outlive any single frame
-                self.errors["worker"] += 1
-                log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
-            finally:
-                self.queue.done(job)
-                self.in_flight = None
-            if retry_after:
-                self._stop_worker.wait(retry_after)
-                if not self._stop_worker.is_set():
-                    self.offer(job.camera, job.path, "retry")
+        """Keep up to ``cfg.workers`` frames in analysis (decode/align/detect in a thread pool) and commit them
+        in arrival order on this thread. On stop, the frames already in flight are finished and committed."""
+        in_flight: deque[tuple[FrameJob, Future]] = deque()
+        with ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="analyze") as pool:
+            while in_flight or not self._stop_worker.is_set():
+                while len(in_flight) < self.cfg.workers and not self._stop_worker.is_set():
+                    job = self.queue.get(timeout=0.0 if in_flight else 0.1)
+                    if job is None:
+                        break
+                    assert self.pipeline is not None
+                    in_flight.append((job, pool.submit(self.pipeline.analyze, job)))
+                if in_flight:
+                    job, future = in_flight.popleft()
+                    self._commit_one(job, future)
+
+    def _commit_one(self, job: FrameJob, future: Future) -> None:
+        """Commit one analysed frame; a DB or detector outage keeps the frame and retries it with backoff."""
+        self.in_flight = job
+        retry_after = 0.0
+        try:
+            assert self.pipeline is not None
+            self.pipeline.commit(future.result())
+            if self._db_backoff.attempts:
+                self._db_backoff.reset()
+                self.station_health.recover("database")
+        except SQLAlchemyError as exc:
+            # The DB is unavailable (locked by another writer, server down): the frame is fine and stays in
+            # the drop folder; retry it with exponential backoff, and say "degraded" meanwhile.
+            self.errors["db"] += 1
+            self.progress += 1  # waiting on the DB is not a wedge: restarting us would not fix it
+            self.metrics.db_retries.inc()
+            retry_after = self._db_backoff.next_delay()
+            cause = getattr(exc, "orig", None) or exc
+            self.station_health.degrade("database", f"database unavailable ({type(cause).__name__})")
+            log.error("database error; frame kept for retry", **log_fields(
+                camera=job.camera, frame=job.path.name, retry_in_s=retry_after, error=str(exc).splitlines()[0]))
+        except (DetectorTimeout, InspectionUnavailable) as exc:
+            retry_after = 1.0  # the supervisor already reported degraded; the frame waits for a detector
+            log.error("detector unavailable; frame kept for retry", **log_fields(
+                camera=job.camera, frame=job.path.name, error=str(exc)))
+        except Exception:  # noqa: BLE001 - the worker must outlive any single frame
+            self.errors["worker"] += 1
+            log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
+        finally:
+            self.queue.done(job)
+            self.in_flight = None
+        if retry_after:
+            self._stop_worker.wait(retry_after)
+            if not self._stop_worker.is_set():
+                self.offer(job.camera, job.path, "retry")
 
     def _supervisor(self) -> None:
         next_reconcile = time.monotonic() + self.cfg.reconcile_interval_s
@@ -362,7 +379,7 @@ class Daemon:
         """True once nothing is queued or in flight (tests, benchmark, demo shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if len(self.queue) == 0 and self.in_flight is None and not any(
+            if self.queue.busy() == 0 and not any(
                     w._pending for w in self.watchers.values()):
                 return True
             time.sleep(0.01)
@@ -383,6 +400,7 @@ class Daemon:
             "station": self.cfg.station,
             "session": getattr(getattr(self, "sequencer", None), "session_id", None),
             "queue": len(self.queue),
+            "busy": self.queue.busy(),
             "queue_dropped_full": self.queue.dropped_full,
             "in_flight": str(self.in_flight.path) if self.in_flight else None,
             "watchers": {cid: {"alive": w.is_alive(), "handler_errors": w.handler_errors, "restarts": w.restarts}

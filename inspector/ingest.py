@@ -59,6 +59,11 @@ class FrameQueue:
         with self._lock:
             return Path(path) in self._pending
 
+    def busy(self) -> int:
+        """Frames offered and not yet done (queued + being analysed/committed)."""
+        with self._lock:
+            return len(self._pending)
+
     def __len__(self) -> int:
         return self._queue.qsize()
 

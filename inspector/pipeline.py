@@ -74,11 +74,37 @@ class FrameOutcome:
 FrameHook = Callable[[FrameOutcome], None]
 
 
+@dataclass
+class Analysis:
+    """What ``Pipeline.analyze`` found out about a frame; ``kind``: result | quarantine | duplicate | gone."""
+
+    job: FrameJob
+    laps: "_Laps"
+    kind: str
+    cam: CameraConfig
+    camera_id: int
+    digest: str = ""
+    existing: Frame | None = None
+    name: FrameName | None = None
+    image: np.ndarray | None = None
+    template: np.ndarray | None = None
+    template_id: int | None = None
+    shift: tuple[float, float] | None = None
+    response: float | None = None
+    detections: list[Detection] = field(default_factory=list)
+    t_result: float = 0.0
+    q_kind: str = ""
+    q_message: str = ""
+
+
 class _Laps:
     """Accumulating stopwatch: ``lap(stage)`` charges the time since the previous lap to ``stage``."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def restart(self) -> None:
         self._t = time.perf_counter()
 
     def lap(self, stage: str) -> float:
@@ -121,7 +147,8 @@ class Pipeline:
         self.stage_hooks: list[StageHook] = []
         self.frame_hooks: list[FrameHook] = []
         self.counts: Counter[str] = Counter()
-        self._lock = threading.Lock()  # serialises process(): one frame in flight, gap-free sequence
+        self._lock = threading.Lock()  # serialises commit(): gap-free sequence in commit order
+        self._detect_lock = threading.Lock()  # for backends that are not ``thread_safe``
         self.configure(cfg)
 
     def configure(self, cfg: StationConfig) -> None:
@@ -160,10 +187,64 @@ class Pipeline:
 
     # -- the frame ------------------------------------------------------------------------------------------
     def process(self, job: FrameJob) -> FrameOutcome:
+        """Analyse and commit one frame on the calling thread."""
+        return self.commit(self.analyze(job))
+
+    def analyze(self, job: FrameJob) -> "Analysis":
+        """Read, hash, decode, align, detect: no writes, so several frames may be analysed concurrently
+        (OpenCV and ONNX Runtime release the GIL); ``commit`` then serialises the side effects in order."""
+        laps = _Laps()
+        cam = self.cfg.camera(job.camera)
+        a = Analysis(job, laps, "result", cam, self.camera_ids[cam.id])
+        try:
+            data = job.path.read_bytes()
+        except FileNotFoundError:
+            a.kind = "gone"
+            return a
+        a.digest = sha256_bytes(data)
+        a.existing = self._existing(a.camera_id, job.path.name, a.digest)
+        if a.existing is not None:
+            a.kind = "duplicate"
+            return a
+        try:
+            if not data:
+                raise Quarantine("empty", "zero-byte file")
+            a.name = self._parse_name(cam, job.path.name)
+            laps.lap("ingest")
+            a.image = decode_rgb(data, job.path.suffix.lower())
+            laps.lap("decode")
+            a.template, a.template_id, a.shift, a.response = self._aligned_template(cam, a.name, a.image)
+            laps.lap("align")
+            if getattr(self.backend, "thread_safe", False):
+                a.detections = self.backend.detect([a.image], [a.template])[0]
+            else:
+                with self._detect_lock:
+                    a.detections = self.backend.detect([a.image], [a.template])[0]
+            a.t_result = laps.lap("detect")
+        except Quarantine as q:
+            a.kind, a.q_kind, a.q_message = "quarantine", q.kind, q.message
+        except (DetectorTimeout, InspectionUnavailable):
+            raise  # the frame is fine, the detector is not: the daemon keeps it and retries (never quarantine)
+        except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
+            log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
+            a.kind, a.q_kind, a.q_message = "quarantine", "error", f"processing error: {type(exc).__name__}: {exc}"
+        return a
+
+    def commit(self, a: "Analysis") -> FrameOutcome:
+        """DB transaction (frame, detections, alarm with the next sequence number), publish, move the file.
+        One at a time: that is what keeps the alarm sequence gap-free and in commit order."""
         with self._lock:
-            laps = _Laps()
-            outcome = self._process(job, laps)
-            outcome.stage_ms = laps.ms
+            a.laps.restart()  # time spent waiting for the commit slot is nobody's stage
+            if a.kind == "gone":
+                outcome = FrameOutcome(a.job, "gone")
+            elif a.kind == "duplicate":
+                outcome = self._finish_duplicate(a.job, a.existing, a.laps)
+            elif a.kind == "quarantine":
+                outcome = self._quarantine(a.job, a.cam, a.camera_id, a.digest, a.name, a.q_kind, a.q_message, a.laps)
+            else:
+                outcome = self._commit_result(a.job, a.cam, a.camera_id, a.digest, a.name, a.image, a.detections,
+                                              a.template_id, a.shift, a.response, a.t_result, a.laps)
+            outcome.stage_ms = a.laps.ms
         self.counts[outcome.status] += 1
         if outcome.reason_kind:
             self.counts[f"quarantined_{outcome.reason_kind}"] += 1
@@ -173,40 +254,6 @@ class Pipeline:
         for frame_hook in self.frame_hooks:
             frame_hook(outcome)
         return outcome
-
-    def _process(self, job: FrameJob, laps: _Laps) -> FrameOutcome:
-        cam = self.cfg.camera(job.camera)
-        camera_id = self.camera_ids[cam.id]
-        try:
-            data = job.path.read_bytes()
-        except FileNotFoundError:
-            return FrameOutcome(job, "gone")
-        digest = sha256_bytes(data)
-        existing = self._existing(camera_id, job.path.name, digest)
-        if existing is not None:
-            return self._finish_duplicate(job, existing, laps)
-        name: FrameName | None = None
-        try:
-            if not data:
-                raise Quarantine("empty", "zero-byte file")
-            name = self._parse_name(cam, job.path.name)
-            laps.lap("ingest")
-            image = decode_rgb(data, job.path.suffix.lower())
-            laps.lap("decode")
-            template, template_id, shift, response = self._aligned_template(cam, name, image)
-            laps.lap("align")
-            detections = self.backend.detect([image], [template])[0]
-            t_result = laps.lap("detect")
-        except Quarantine as q:
-            return self._quarantine(job, cam, camera_id, digest, name, q.kind, q.message, laps)
-        except (DetectorTimeout, InspectionUnavailable):
-            raise  # the frame is fine, the detector is not: the daemon keeps it and retries (never quarantine)
-        except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
-            log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
-            return self._quarantine(job, cam, camera_id, digest, name, "error",
-                                    f"processing error: {type(exc).__name__}: {exc}", laps)
-        return self._commit_result(job, cam, camera_id, digest, name, image, detections, template_id, shift,
-                                   response, t_result, laps)
 
     def _parse_name(self, cam: CameraConfig, filename: str) -> FrameName:
         try:

@@ -27,6 +27,9 @@ class DetectorBackend(Protocol):
 
     ``images`` are HxWx3 uint8 RGB frames at their native size; ``templates`` are aligned templates of the same
     size, or None where the model runs without one. The backend resizes to its input size and maps boxes back.
+
+    Optional attributes the daemon reads with ``getattr``: ``thread_safe`` (bool, default False: the pipeline
+    then serialises ``detect`` calls), ``model_sha256`` and ``precision`` (recorded in the models table).
     """
 
     class_names: Sequence[str]

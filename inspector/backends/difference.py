@@ -18,6 +18,7 @@ from inspector.backends.base import Detection
 
 class DifferenceBackend:
     needs_template = True
+    thread_safe = True  # stateless: the pipeline may call detect from several analysis threads
 
     def __init__(self, threshold: int = 40, min_area: int = 12, blur: int = 5, open_kernel: int = 3,
                  border: int = 8, class_names: Sequence[str] = ("defect",), max_detections: int = 100) -> None:

@@ -16,6 +16,7 @@ from inspector.backends.base import Detection
 
 
 class OnnxRuntimeBackend:
+    thread_safe = True  # InferenceSession.run is documented thread-safe
     def __init__(self, artifact_dir: Path | str, providers: Sequence[str] | None = None, intra_op_threads: int = 0,
                  verify_hash: bool = True) -> None:
         import onnxruntime as ort  # lazy: keeps `inspector --help` fast
