@@ -31,13 +31,13 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
+# One spelling of the op names for the ONNX nodes and the TensorRT plugins (that module is torch-free).
+from engines.tensorrt_plugins import CONTEXT_OP, MULTILEVEL_OP, PLUGIN_NAMESPACE
 from training.model import roi_semantics as rs
 
-DOMAIN = "rddn"
+DOMAIN = PLUGIN_NAMESPACE
 OPSET_VERSION = 1
 DOMAIN_VERSION = OPSET_VERSION  # for torch.onnx.export(custom_opsets={DOMAIN: DOMAIN_VERSION})
-MULTILEVEL_OP = "MultiLevelRoIAlign"
-CONTEXT_OP = "ContextRoIAlign"
 NUM_LEVELS = len(rs.ROI_LEVELS)
 FEATURE_INPUTS: tuple[str, ...] = tuple(f"p{level}" for level in rs.ROI_LEVELS)
 

@@ -28,7 +28,7 @@ import numpy as np
 from engines.host_kernels import KERNEL_DIR
 
 PLUGIN_NAMESPACE = "rddn"
-MULTILEVEL_OP = "MultiLevelRoIAlign"  # same names as engines.custom_ops (which needs torch; this module does not)
+MULTILEVEL_OP = "MultiLevelRoIAlign"  # engines.custom_ops (torch) imports these names from here (torch-free)
 CONTEXT_OP = "ContextRoIAlign"
 KERNEL_SOURCES: dict[str, str] = {MULTILEVEL_OP: "multilevel_roi_align.cu", CONTEXT_OP: "context_roi_align.cu"}
 KERNEL_PREFIX: dict[str, str] = {MULTILEVEL_OP: "rddn_multilevel_roi_align", CONTEXT_OP: "rddn_context_roi_align"}

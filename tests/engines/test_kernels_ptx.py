@@ -73,6 +73,11 @@ def test_float_defines_are_exact_float32() -> None:
         tp.compile_ptx("RoIPool")
 
 
+def test_string_attributes_as_tensorrt_hands_them_over() -> None:
+    assert tp.clean_mode(b"concat\x00") == "concat"
+    assert tp.clean_mode("context_only") == "context_only"
+
+
 @pytest.mark.skipif(tp.find_nvcc() is None or not _nvrtc_available(), reason="needs both nvcc and NVRTC")
 def test_nvcc_and_nvrtc_agree_on_entry_points() -> None:
     a = tp.compile_ptx(tp.MULTILEVEL_OP, compiler="nvcc", use_cache=False).decode()
