@@ -130,20 +130,20 @@ def _pad_rows(x: Tensor, count: int, value: float = 0.0) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ RoI pooling
 def routed_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
-    """RoIAlign each RoI [R, 5] on its own level only: gather per level, pool, scatter back (ScatterND).
+    """RoIAlign each RoI [R, 5] on its own level only: gather each level's RoIs, pool, put back in order.
 
     Equal to ``training.model.roi_pooling.multilevel_roi_align`` (which pools every RoI on every level and keeps
-    one); the parity tests compare them.
+    one); the parity tests compare them. Putting back is one Gather by the inverse permutation (cheaper in ONNX
+    Runtime than scattering each level into a zero tensor, which copies the whole output per level).
     """
-    channels = features[0].shape[1]
     size = ROI_ALIGN.output_size
-    out = rois.new_zeros((rois.shape[0], channels, size, size))
+    order, pooled = [], []
     for index, (feature, scale) in enumerate(zip(features, ROI_ALIGN.spatial_scales)):
         idx = torch.nonzero(levels == index).view(-1)
-        pooled = roi_align(feature, rois[idx], output_size=size, spatial_scale=scale,
-                           sampling_ratio=ROI_ALIGN.sampling_ratio, aligned=ROI_ALIGN.aligned)
-        out = out.index_put((idx,), pooled)
-    return out
+        order.append(idx)
+        pooled.append(roi_align(feature, rois[idx], output_size=size, spatial_scale=scale,
+                                sampling_ratio=ROI_ALIGN.sampling_ratio, aligned=ROI_ALIGN.aligned))
+    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
 
 
 class RoutedRoIFeaturePooler(RoIFeaturePooler):
