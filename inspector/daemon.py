@@ -185,7 +185,7 @@ class Daemon:
         workers_alive = bool(self._threads) and all(t.is_alive() for t in self._threads)
         observers_alive = all(w.is_alive() for w in self.watchers.values())
         return PipelineSnapshot(self.progress, len(self.queue), observers_alive and workers_alive,
-                                busy=self.in_flight is not None)
+                                busy=self.queue.busy() > 0)  # queued, analysing, committing or awaiting retry
 
     def _register_backend(self, backend: DetectorBackend) -> int:
         sha, precision = backend_identity(self.cfg, backend)
@@ -266,10 +266,13 @@ class Daemon:
             self.errors["worker"] += 1
             log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
         finally:
-            self.queue.done(job)
             self.in_flight = None
+            if not retry_after:
+                self.queue.done(job)
         if retry_after:
+            # The frame stays "busy" (pending) through the wait, so the watchdog sees work waiting, not idleness.
             self._stop_worker.wait(retry_after)
+            self.queue.done(job)
             if not self._stop_worker.is_set():
                 self.offer(job.camera, job.path, "retry")
 
