@@ -68,6 +68,7 @@ class FrameOutcome:
     shift: tuple[float, float] | None = None
     destination: Path | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
+    stage_cpu_ms: dict[str, float] = field(default_factory=dict)  # thread CPU time per stage
     t_result: float = 0.0  # perf_counter when detection finished (alarm latency reference)
 
 
@@ -102,15 +103,18 @@ class _Laps:
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
-        self._t = time.perf_counter()
+        self.cpu_ms: dict[str, float] = {}  # this thread's CPU time: the cost without other processes' contention
+        self.restart()
 
     def restart(self) -> None:
         self._t = time.perf_counter()
+        self._c = time.thread_time()
 
     def lap(self, stage: str) -> float:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1000.0
-        self._t = now
+        self.cpu_ms[stage] = self.cpu_ms.get(stage, 0.0) + (cpu - self._c) * 1000.0
+        self._t, self._c = now, cpu
         return now
 
 
@@ -245,6 +249,7 @@ class Pipeline:
                 outcome = self._commit_result(a.job, a.cam, a.camera_id, a.digest, a.name, a.image, a.detections,
                                               a.template_id, a.shift, a.response, a.t_result, a.laps)
             outcome.stage_ms = a.laps.ms
+            outcome.stage_cpu_ms = a.laps.cpu_ms
         self.counts[outcome.status] += 1
         if outcome.reason_kind:
             self.counts[f"quarantined_{outcome.reason_kind}"] += 1
@@ -283,12 +288,10 @@ class Pipeline:
         dest = None
         if not (status == "ok" and self.cfg.retention.delete_ok_frames):
             dest = self._destination("processed", cam, job.path.name, digest, now)
-        annotated = None
+        annotated = None  # path decided now (it goes into the row and the alarm), image written after publish
         if kept and self.cfg.save_annotated:
             stem = Path(job.path.name).stem
-            annotated = save_annotated(dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{stem}-{digest[:8]}.jpg",
-                                       image, kept, sev)
-        laps.lap("annotate")
+            annotated = dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{stem}-{digest[:8]}.jpg"
         seq = None
         try:
             with self.factory.begin() as db:
@@ -325,6 +328,12 @@ class Pipeline:
         if alarm is not None and self.bus is not None:
             self.bus.publish_alarm(worst, payload, seq, alarm.id, t_result)
         laps.lap("publish")
+        if annotated is not None:
+            try:
+                save_annotated(annotated, image, kept, sev)
+            except OSError:
+                log.exception("cannot write annotated image", **log_fields(path=str(annotated)))
+            laps.lap("annotate")
         self._store(job.path, dest)
         laps.lap("move")
         log.debug("frame done", **log_fields(camera=cam.id, frame=job.path.name, status=status, seq=seq))
