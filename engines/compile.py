@@ -172,7 +172,7 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
     model_file = ONNX_FILE
     if tensorrt_build is not None:
         with log.step("building the TensorRT engine"):
-            tensorrt_info = _build_engine(tensorrt_build, onnx_path, options.out / ENGINE_FILE, spec)
+            tensorrt_info = _build_engine(tensorrt_build, onnx_path, options.out / ENGINE_FILE, spec, log)
             model_file = ENGINE_FILE
     elif options.target == "tensorrt":
         log.info("tensorrt is not importable here: wrote the TensorRT-variant ONNX only; the engine is built on "
@@ -244,9 +244,10 @@ def _tensorrt_builder() -> Any | None:
     return tensorrt_build
 
 
-def _build_engine(tensorrt_build: Any, onnx_path: Path, engine_path: Path, spec: Any) -> TensorRTInfo:
-    """Build through the kernels engineer's ``engines.tensorrt_build`` and describe the engine."""
-    result = tensorrt_build.build_engine(onnx_path, engine_path, precision=spec.precision)
+def _build_engine(tensorrt_build: Any, onnx_path: Path, engine_path: Path, spec: Any, log: StepLog) -> TensorRTInfo:
+    """Build through ``engines.tensorrt_build`` (strongly typed: precisions come from the ONNX casts)."""
+    result = tensorrt_build.build_engine(onnx_path, engine_path, precision=spec.precision,
+                                         max_batch=spec.batch_size, progress=log.info)
     if isinstance(result, TensorRTInfo):
         return result
     if isinstance(result, Mapping):

@@ -138,3 +138,28 @@ def test_input_size_from_train_config() -> None:
     assert cc.input_size_from_train_config({"data": {"input_size": 512}}) == (512, 512)
     assert cc.input_size_from_train_config({"data": {"image_size": [480, 640]}}) == (480, 640)
     assert cc.input_size_from_train_config({"lr": 0.01}) is None
+
+
+def test_tensorrt_build_step_records_the_engine(tmp_path: Path, monkeypatch) -> None:
+    """Where TensorRT imports, compile hands the plugin ONNX to engines.tensorrt_build and ships the engine."""
+    from types import SimpleNamespace
+
+    from engines.artifact import TensorRTInfo
+
+    calls = {}
+
+    def build_engine(onnx_path, engine_path, *, precision, max_batch, progress):
+        calls.update(onnx=Path(onnx_path), precision=precision, max_batch=max_batch)
+        progress("building the engine")
+        Path(engine_path).write_bytes(b"serialized engine")
+        return TensorRTInfo(version="10.11.0", gpu_arch="sm_90", build_flags=["strongly_typed"])
+
+    monkeypatch.setattr(cc, "_tensorrt_builder", lambda: SimpleNamespace(build_engine=build_engine))
+    ckpt = _checkpoint(tmp_path, context={"enabled": True})
+    out = tmp_path / "trt"
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "tensorrt", "--no-verify", "--out", str(out)]) == 0
+    assert calls == {"onnx": out / "model.onnx", "precision": "fp16", "max_batch": 1}
+    meta = ArtifactMetadata.load(out)
+    assert meta.model_file == "model.engine" and meta.onnx_file == "model.onnx"
+    assert meta.model_sha256 == sha256_file(out / "model.engine")
+    assert meta.tensorrt is not None and meta.tensorrt.gpu_arch == "sm_90"
