@@ -230,11 +230,15 @@ def engine_matches(engine_path: Path, key: EngineKey) -> bool:
 
 
 def default_cache_dir() -> Path:
-    """``$RDDN_ENGINE_CACHE``, else ``$RDDN_CACHE_DIR/engines``, else ``~/.cache/rddn/engines``."""
+    """``$RDDN_ENGINE_CACHE``, else ``$RDDN_CACHE_DIR/engines``, else systemd's ``$CACHE_DIRECTORY/engines`` (the
+    unit's CacheDirectory=, writable where the home directory is not), else ``~/.cache/rddn/engines``."""
     if env := os.environ.get("RDDN_ENGINE_CACHE"):
         return Path(env)
-    root = os.environ.get("RDDN_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "rddn") / "engines"
+    if root := os.environ.get("RDDN_CACHE_DIR"):
+        return Path(root) / "engines"
+    if systemd := os.environ.get("CACHE_DIRECTORY"):
+        return Path(systemd.split(":")[0]) / "engines"
+    return Path.home() / ".cache" / "rddn" / "engines"
 
 
 def ensure_engine(onnx_path: Path | str, cache_dir: Path | str | None = None, *, max_batch: int = 1,

@@ -93,11 +93,16 @@ def test_missing_onnx_is_named(tmp_path: Path) -> None:
 
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path: Path) -> None:
+    for name in ("RDDN_ENGINE_CACHE", "RDDN_CACHE_DIR", "CACHE_DIRECTORY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RDDN_ENGINE_CACHE", str(tmp_path / "engines"))
     assert tb.default_cache_dir() == tmp_path / "engines"
     monkeypatch.delenv("RDDN_ENGINE_CACHE")
     monkeypatch.setenv("RDDN_CACHE_DIR", str(tmp_path / "root"))
     assert tb.default_cache_dir() == tmp_path / "root" / "engines"
+    monkeypatch.delenv("RDDN_CACHE_DIR")
+    monkeypatch.setenv("CACHE_DIRECTORY", f"{tmp_path}/unit:{tmp_path}/other")  # systemd CacheDirectory=
+    assert tb.default_cache_dir() == tmp_path / "unit" / "engines"
 
 
 @pytest.mark.skipif(not HAS_TENSORRT, reason=NO_TENSORRT)
