@@ -36,7 +36,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+from torchvision.ops import DeformConv2d, roi_align
 
 from training.model.config import ModelConfig
 from training.model.roi_pooling import RoIFeaturePooler
@@ -47,6 +47,8 @@ from training.model.roi_semantics import ROI_ALIGN, context_boxes, map_roi_level
 DEFAULT_OPSET = 17
 INPUT_NAMES = ("image", "template")
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
+#: ONNX DeformConv (the -DCN backbone) exists from opset 19: DCN models export at max(opset, 19).
+DEFORM_CONV_OPSET = 19
 
 
 @dataclass(frozen=True)
@@ -295,9 +297,6 @@ def pack_detections(detections: Sequence[Mapping[str, Tensor]], max_detections: 
 
 def build_export_module(model: nn.Module, spec: ExportSpec) -> DetectorExport:
     """Export module around a deep copy of ``model`` (the caller's model is never modified)."""
-    if getattr(model.config.backbone, "dcn", False) and spec.roi_ops == "onnx":
-        raise ValueError("backbone.dcn=true: ONNX DeformConv (opset 19) has no ONNX Runtime CPU kernel; "
-                         "compile DCN models for --target tensorrt or train without DCN for the CPU artifact")
     private = copy.deepcopy(model).eval()
     fixed_count_rpn(private.rpn)
     swap_poolers(private, spec.roi_ops, spec.precision)
@@ -324,18 +323,39 @@ def export_onnx(module: DetectorExport, path: Path, spec: ExportSpec) -> Path:
     inputs = example_inputs(spec, module.with_template)
     names = list(INPUT_NAMES[: len(inputs)])
     custom_opsets = None
+    opset = spec.opset
+    if any(isinstance(m, DeformConv2d) for m in module.modules()):
+        opset = max(opset, DEFORM_CONV_OPSET)
+        register_deform_conv_symbolic(opset)
     if spec.roi_ops == "rddn":
         from engines import custom_ops
 
-        custom_ops.register_onnx_symbolics(spec.opset)
+        custom_ops.register_onnx_symbolics(opset)
         custom_opsets = {custom_ops.DOMAIN: custom_ops.DOMAIN_VERSION}
     with torch.no_grad(), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: exactly what FixedCountProposals fixes
         torch.onnx.export(
-            module, inputs, str(path), dynamo=False, opset_version=spec.opset, input_names=names,
+            module, inputs, str(path), dynamo=False, opset_version=opset, input_names=names,
             output_names=list(OUTPUT_NAMES), do_constant_folding=True, custom_opsets=custom_opsets,
         )
     return path
+
+
+def register_deform_conv_symbolic(opset: int) -> None:
+    """torchvision registers no TorchScript-exporter symbolic for ``deform_conv2d`` (the -DCN backbone); map it
+    to ONNX DeformConv (opset 19), whose offset layout ((y, x) pairs per kernel tap) and mask are torchvision's.
+    ONNX Runtime has a CPU kernel for it; TensorRT's parser imports it too."""
+    from torch.onnx import register_custom_op_symbolic
+    from torch.onnx.symbolic_helper import parse_args
+
+    @parse_args("v", "v", "v", "v", "v", "i", "i", "i", "i", "i", "i", "i", "i", "b")
+    def deform_conv2d(g, x, weight, offset, mask, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                      offset_groups, use_mask):
+        inputs = [x, weight, offset, bias] + ([mask] if use_mask else [])
+        return g.op("DeformConv", *inputs, dilations_i=[dil_h, dil_w], group_i=groups,
+                    offset_group_i=offset_groups, pads_i=[pad_h, pad_w, pad_h, pad_w], strides_i=[stride_h, stride_w])
+
+    register_custom_op_symbolic("torchvision::deform_conv2d", deform_conv2d, opset)
 
 
 # ----------------------------------------------------------------------------------------------- graph checks

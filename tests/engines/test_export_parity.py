@@ -175,3 +175,18 @@ def test_bad_export_specs_are_rejected() -> None:
         ex.ExportSpec(input_size=SIZE, opset=13)
     with pytest.raises(ValueError, match="fp32"):
         ex.ExportSpec(input_size=SIZE, precision="fp16")
+
+
+def test_dcn_backbone_exports_as_onnx_deformconv_and_matches_eager(tmp_path: Path) -> None:
+    from torchvision.ops import DeformConv2d
+
+    model = tiny_model({"backbone": {"depth": 50, "width": 16, "dcn": True}, "context": {"enabled": True}})
+    with torch.no_grad():  # the offset convs start at zero (a plain conv): give them real offsets
+        for module in model.modules():
+            if isinstance(module, DeformConv2d):
+                module.conv_offset.weight.normal_(0.0, 0.05)
+    module, path, spec = _export(model, tmp_path)
+    proto = onnx.load(str(path))
+    assert sum(n.op_type == "DeformConv" for n in iter_nodes(proto.graph)) == 13  # layer2..4 3x3 convs (4+6+3)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= ex.DEFORM_CONV_OPSET
+    _assert_parity(model, module, path, spec, seeds=(1,))
