@@ -19,9 +19,14 @@ What tracing cannot get right by itself, fixed here on a private copy of the mod
   ``remove_small_boxes``), so results are unchanged and every size after the RPN is static.
 - **pooling each RoI once** (:class:`RoutedRoIFeaturePooler`, ONNX Runtime target): the model's pooler runs
   RoIAlign on every level for every RoI and keeps one (simple, but 4x the sampling work); the export gathers each
-  level's RoIs, pools them on that level only and scatters them back: same values, a quarter of the work.
+  level's RoIs, pools them on that level only and puts them back in order: same values, a quarter of the work.
 - for ``roi_ops="rddn"`` (TensorRT variant) the same pooler calls the ``rddn`` custom ops of
-  :mod:`engines.custom_ops` instead (FP16 features, FP32 boxes).
+  :mod:`engines.custom_ops` instead, and ``precision="fp16"`` applies :func:`apply_fp16`: FP16 convolutions and
+  FC layers, FP32 boxes, anchors, softmax and NMS, every cast an explicit node (strongly typed TensorRT).
+- the -DCN backbone: torchvision's ``deform_conv2d`` gets a symbolic to ONNX DeformConv (opset 19).
+
+Batch: the trace unrolls the model's per-image loops, so the graph's batch dimension is static
+(``ExportSpec.batch_size``, default 1); a backend feeding more frames runs the graph once per frame or batch.
 """
 from __future__ import annotations
 
