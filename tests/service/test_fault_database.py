@@ -42,22 +42,25 @@ def _assert_exactly_once_and_gap_free(st, names: set[str]) -> None:
 
 
 class _HistoryReader(threading.Thread):
-    """Concurrent reader: the history tool's kind of query, in a loop, while the daemon writes."""
+    """Concurrent reader: the history tool's own queries (``inspector.history``), in a loop, while the daemon
+    writes; row counts must only grow and no query may fail."""
 
     def __init__(self, st) -> None:
         super().__init__(daemon=True)
         self.st, self.stop, self.errors, self.counts = st, threading.Event(), [], []
 
     def run(self) -> None:
-        from inspector.db.models import DetectionRow, Frame
+        from inspector.db.models import Frame
+        from inspector.history import HistoryFilter, query_history, summary_per_class, summary_per_day
 
+        wanted = HistoryFilter(station="s1")
         while not self.stop.is_set():
             try:
                 with self.st.factory() as db:
                     n = db.scalar(select(func.count()).select_from(Frame))
-                    db.execute(select(Frame.status, func.count()).group_by(Frame.status)).all()
-                    db.execute(select(DetectionRow.class_name, func.max(DetectionRow.score))
-                               .group_by(DetectionRow.class_name)).all()
+                    query_history(db, wanted)
+                    summary_per_class(db, wanted)
+                    summary_per_day(db, wanted)
                 self.counts.append(int(n or 0))
             except Exception as exc:  # noqa: BLE001 - collected and asserted on
                 self.errors.append(repr(exc))
@@ -99,7 +102,7 @@ def test_sqlite_locked_by_another_writer(station, bus_listener) -> None:
     wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="a healthy message after recovery")
     assert st.stop() == 0
     _assert_exactly_once_and_gap_free(st, first | locked | more)
-    assert reader.errors == [] and reader.counts == sorted(reader.counts) and len(reader.counts) > 5
+    assert reader.errors == [] and reader.counts == sorted(reader.counts) and len(reader.counts) >= 2
 
 
 @pytest.fixture()
