@@ -48,3 +48,14 @@ def test_a_second_run_into_the_same_directory_needs_resume(tiny_config) -> None:
     run_training(cfg)
     with pytest.raises(FileExistsError, match="--resume"):
         run_training(cfg)
+
+
+def test_ptg_training_sees_a_normal_sample_in_every_batch(tiny_config) -> None:
+    raw = tiny_config("ptg", max_iters=3)
+    raw["model"]["reference"] = {"input": "mean_std", "feature": "ptg", "ptg_hidden": 8}
+    raw["data"]["train"]["synthetic"]["normal_fraction"] = 0.4
+    cfg = train_config_from_dict(raw)
+    run_training(cfg)
+    iters = [r for r in read_metrics(cfg.output_dir / "metrics.jsonl") if r["type"] == "iter"]
+    assert len(iters) == 3
+    assert all(r["loss_ptg"] > 0 for r in iters), "PTG's loss is only defined on normal samples"
