@@ -56,10 +56,22 @@ class HealthState(str, Enum):
 
 
 def backend_identity(cfg: StationConfig, backend: DetectorBackend) -> tuple[str, str]:
-    """(sha256, precision) for the models table; the difference detector is identified by its settings."""
+    """(sha256, precision) for the models table, from what is deployed (not from the backend object, which
+    may be wrapped by the supervisor): artifact metadata for onnxruntime/tensorrt, the checkpoint file's hash
+    for torch, the settings for the difference detector."""
+    det = cfg.detector
+    if det.backend in ("onnxruntime", "tensorrt") and det.artifact is not None:
+        from engines.artifact import ArtifactMetadata
+
+        meta = ArtifactMetadata.load(det.artifact)
+        return meta.model_sha256, meta.precision
+    if det.backend == "torch" and det.artifact is not None and Path(det.artifact).is_file():
+        from engines.artifact import sha256_file
+
+        return sha256_file(Path(det.artifact)), "fp32"
     sha = getattr(backend, "model_sha256", None)
     if not sha:
-        sha = hashlib.sha256(json.dumps({"backend": cfg.detector.backend, **cfg.detector.options},
+        sha = hashlib.sha256(json.dumps({"backend": det.backend, **det.options},
                                         sort_keys=True, default=str).encode()).hexdigest()
     return sha, str(getattr(backend, "precision", "n/a"))
 

@@ -4,6 +4,7 @@ position; identical content re-added is a no-op (returns the active version)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +42,13 @@ def read_image_rgb(path: Path) -> np.ndarray:
 
 
 class TemplateStore:
-    def __init__(self, cfg: StationConfig, factory: sessionmaker[Session], camera_ids: dict[str, int]) -> None:
+    def __init__(self, cfg: StationConfig, factory: sessionmaker[Session], camera_ids: dict[str, int],
+                 recheck_s: float = 5.0) -> None:
         self.cfg = cfg
         self.factory = factory
         self.camera_ids = camera_ids
-        self._cache: dict[tuple[str, str], ActiveTemplate | None] = {}
+        self._cache: dict[tuple[str, str], tuple[ActiveTemplate | None, float]] = {}
+        self.recheck_s = recheck_s
         self._lock = threading.Lock()
 
     def _camera_id(self, camera: str) -> int:
@@ -113,20 +116,27 @@ class TemplateStore:
         return [(names[r.camera_id], r) for r in rows]
 
     def active(self, camera: str, position: str) -> ActiveTemplate | None:
-        """The active template image of (camera, position), decoded once and cached until ``invalidate``."""
+        """The active template image of (camera, position), decoded once and cached. The cached choice is
+        re-checked against the database every ``recheck_s`` (one indexed query), so a template added with
+        ``inspector templates add`` while the daemon runs is used within seconds, no SIGHUP needed."""
         key = (camera, position)
+        now = time.monotonic()
         with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[1] < self.recheck_s:
+            return cached[0]
         cam_id = self._camera_id(camera)
         with self.factory() as session:
             row = session.scalar(select(Template).where(Template.camera_id == cam_id, Template.position == position,
                                                         Template.active.is_(True)))
-        found = None
-        if row is not None:
+        if row is None:
+            found = None
+        elif cached is not None and cached[0] is not None and cached[0].id == row.id:
+            found = cached[0]
+        else:
             found = ActiveTemplate(row.id, row.version, row.sha256, read_image_rgb(Path(row.path)))
         with self._lock:
-            self._cache[key] = found
+            self._cache[key] = (found, now)
         return found
 
     def invalidate(self) -> None:

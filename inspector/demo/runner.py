@@ -51,6 +51,9 @@ def choose_backend(requested: str) -> tuple[dict[str, object], int | None]:
     elif requested == "auto":
         print(f"demo: no demo model installed at {DEMO_MODEL_DIR}; using the classical template-difference "
               "detector (--backend difference) instead", file=sys.stderr)
+    if requested != "difference":
+        log.warning("demo model missing, falling back to the difference backend", extra={"fields": {
+            "expected": str(DEMO_MODEL_DIR / "metadata.json")}})
     return {"backend": "difference", "options": {"threshold": 40, "min_area": 12}}, None
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.artifact import ArtifactMetadata, Preprocessing, sha256_file
+from engines.artifact import ArtifactMetadata
 from inspector.backends import load_backend
 from inspector.backends.difference import DifferenceBackend
 
@@ -28,62 +28,7 @@ def test_difference_backend_finds_changes_only():
         DifferenceBackend().detect([image], [None])
 
 
-def tiny_artifact(directory: Path, with_template: bool, size: int = 32) -> Path:
-    """A graph honouring the contract: score = mean(|image - template|)/255 (or mean(image)/255), two
-    detection slots of which ``num_detections`` = 1 are valid, fixed box (2, 4, 10, 8), label index 1."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    dims = ["N", 3, size, size]
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)]
-    nodes = []
-    if with_template:
-        inputs.append(helper.make_tensor_value_info("template", TensorProto.FLOAT, dims))
-        nodes += [helper.make_node("Sub", ["image", "template"], ["d"]), helper.make_node("Abs", ["d"], ["signal"])]
-    else:
-        nodes.append(helper.make_node("Identity", ["image"], ["signal"]))
-    init = [
-        helper.make_tensor("k255", TensorProto.FLOAT, [], [255.0]),
-        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
-        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("box", TensorProto.FLOAT, [1, 2, 4], [2, 4, 10, 8, 0, 0, 1, 1]),
-        helper.make_tensor("lab", TensorProto.INT64, [1, 2], [1, 0]),
-        helper.make_tensor("tail24", TensorProto.INT64, [2], [2, 4]),
-        helper.make_tensor("tail2", TensorProto.INT64, [1], [2]),
-        helper.make_tensor("count", TensorProto.INT64, [1], [1]),
-    ]
-    nodes += [
-        helper.make_node("ReduceMean", ["signal"], ["m"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("Div", ["m", "k255"], ["s"]),
-        helper.make_node("Unsqueeze", ["s", "one"], ["s1"]),
-        helper.make_node("Mul", ["s1", "half"], ["s2"]),
-        helper.make_node("Concat", ["s1", "s2"], ["scores"], axis=1),
-        helper.make_node("Shape", ["image"], ["shape"], start=0, end=1),
-        helper.make_node("Concat", ["shape", "tail24"], ["bshape"], axis=0),
-        helper.make_node("Concat", ["shape", "tail2"], ["lshape"], axis=0),
-        helper.make_node("Expand", ["box", "bshape"], ["boxes"]),
-        helper.make_node("Expand", ["lab", "lshape"], ["labels"]),
-        helper.make_node("Expand", ["count", "shape"], ["num_detections"]),
-    ]
-    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 2, 4]),
-               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2]),
-               helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 2]),
-               helper.make_tensor_value_info("num_detections", TensorProto.INT64, ["N"])]
-    graph = helper.make_graph(nodes, "tiny", inputs, outputs, init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    directory.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, directory / "model.onnx")
-    ArtifactMetadata(target="onnxruntime", model_file="model.onnx", class_names=["scratch", "short"],
-                     preprocessing=Preprocessing(input_height=size, input_width=size, pixel_mean=(0, 0, 0),
-                                                 pixel_std=(1, 1, 1)),
-                     needs_template=with_template, max_detections=2,
-                     model_sha256=sha256_file(directory / "model.onnx")).save(directory)
-    return directory
-
-
-def test_onnxruntime_backend_follows_the_artifact_contract(tmp_path):
+def test_onnxruntime_backend_follows_the_artifact_contract(tmp_path, tiny_artifact):
     backend = load_backend("onnxruntime", tiny_artifact(tmp_path / "plain", with_template=False))
     assert backend.class_names == ("scratch", "short") and not backend.needs_template
     white = np.full((48, 64, 3), 255, np.uint8)
@@ -96,7 +41,7 @@ def test_onnxruntime_backend_follows_the_artifact_contract(tmp_path):
     assert out[1][0].score == pytest.approx(0.2, abs=1e-3) and out[1][0].box == pytest.approx((2, 12, 10, 24))
 
 
-def test_onnxruntime_backend_feeds_the_template(tmp_path):
+def test_onnxruntime_backend_feeds_the_template(tmp_path, tiny_artifact):
     backend = load_backend("onnxruntime", tiny_artifact(tmp_path / "tr", with_template=True))
     assert backend.needs_template
     white, black = np.full((32, 32, 3), 255, np.uint8), np.zeros((32, 32, 3), np.uint8)
@@ -106,7 +51,7 @@ def test_onnxruntime_backend_feeds_the_template(tmp_path):
         backend.detect([white], [None])
 
 
-def test_onnxruntime_backend_rejects_bad_artifacts(tmp_path):
+def test_onnxruntime_backend_rejects_bad_artifacts(tmp_path, tiny_artifact):
     art = tiny_artifact(tmp_path / "a", with_template=False)
     (art / "model.onnx").write_bytes((art / "model.onnx").read_bytes() + b"\0")
     with pytest.raises(ValueError, match="sha256"):

@@ -64,6 +64,11 @@ def test_template_versions(tmp_path, make_config, frames):
     listed = store.list("cam1")
     assert [(t.version, t.active) for _, t in listed] == [(1, False), (2, True)]
     assert store.active("cam1", "P99") is None
+    other = TemplateStore(cfg, factory, cams, recheck_s=0.0)  # another process (the CLI) adds a version
+    other.add("cam1", "P99", img)
+    assert store.active("cam1", "P99") is None  # still cached ...
+    store.recheck_s = 0.0
+    assert store.active("cam1", "P99").version == 1  # ... until the periodic re-check sees it
     png = tmp_path / "t.png"
     import cv2
 

@@ -150,3 +150,42 @@ def test_clean_stop_sends_death_and_records_session(make_config, start_daemon, t
     wait(lambda: any(s["type"] == "death" for s in tail.statuses))
     death = [s for s in tail.statuses if s["type"] == "death"][0]
     assert death["session"] == daemon.sequencer.session_id and death["station"] == "teststation"
+
+
+def test_onnxruntime_model_without_template_runs_unknown_positions(make_config, start_daemon, frames, tails, wait,
+                                                                   tiny_artifact, tmp_path):
+    """A PTG/no-template model: frames of a position without a template are inspected, not quarantined."""
+    from inspector.db import ModelRecord
+
+    art = tiny_artifact(tmp_path / "model", with_template=False)
+    cfg = make_config(detector={"backend": "onnxruntime", "artifact": str(art)}, thresholds={"default": 0.05},
+                      alarm_rules=[{"class": "short", "severity": "critical"}])
+    daemon = start_daemon(cfg, templates=False)
+    tail = tails(daemon)
+    frames.drop(cfg.cameras[0].drop_folder, "P07_nt1.jpg", 0)
+    wait(lambda: len(frame_rows(daemon)) == 1 and len(tail.alarms) == 1)
+    row = frame_rows(daemon)[0]
+    assert row.status == "defective" and row.template_id is None and row.shift_x is None
+    (det,) = row.detections
+    assert det.class_name == "short" and (det.x1, det.y1, det.x2, det.y2) == (8.0, 16.0, 40.0, 32.0)  # 32 -> 128 px
+    assert tail.alarms[0]["severity"] == "critical" and tail.alarms[0]["detections"][0]["class"] == "short"
+    with daemon.factory() as db:
+        (model,) = db.scalars(select(ModelRecord)).all()
+    from engines.artifact import ArtifactMetadata, sha256_file
+
+    assert model.backend == "onnxruntime" and model.precision == "fp32"
+    assert model.sha256 == ArtifactMetadata.load(art).model_sha256 == sha256_file(art / "model.onnx")
+    assert row.model_id == model.id and model.class_names == ["scratch", "short"]
+
+
+def test_retention_deletes_good_frames_when_configured(make_config, start_daemon, frames, wait):
+    cfg = make_config(retention={"delete_ok_frames": True})
+    daemon = start_daemon(cfg)
+    drop = cfg.cameras[0].drop_folder
+    frames.drop(drop, "P00_ok.jpg", 0)
+    frames.drop(drop, "P01_bad.jpg", 1, defective=True)
+    wait(lambda: len(frame_rows(daemon)) == 2 and daemon.wait_idle(0.1))
+    rows = {r.name: r for r in frame_rows(daemon)}
+    assert rows["P00_ok.jpg"].status == "ok" and rows["P00_ok.jpg"].stored_path is None
+    assert Path(rows["P01_bad.jpg"].stored_path).is_file()
+    assert list(drop.iterdir()) == [] and not list(cfg.dir_for("processed").rglob("P00_ok*"))
