@@ -69,7 +69,8 @@ def _load_matching(module: nn.Module, mapped: dict[str, Tensor], report: LoadRep
     update = {}
     for key, value in mapped.items():
         if key not in target:
-            report.skipped[key] = "no such parameter in RDDN"
+            counter = key.endswith("num_batches_tracked")
+            report.skipped[key] = "BatchNorm step counter (not used)" if counter else "no such parameter in RDDN"
         elif target[key].shape != value.shape:
             report.skipped[key] = f"shape {tuple(value.shape)} != RDDN {tuple(target[key].shape)}"
         else:
