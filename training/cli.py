@@ -44,6 +44,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split of a training config")
     p.add_argument("--tr-post", action="store_true", help="rescore with TR-Post (needs templates)")
     p.add_argument("--out", required=True, type=Path, help="report directory (report.json, table, PR curves)")
+    p.add_argument("--test-size", type=int, default=None,
+                   help="dataset root: test short/long edge (default: what the checkpoint was trained for)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=0)
@@ -89,9 +91,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from training.engine.evaluate import evaluate_checkpoint, resolve_eval_data
+    from training.engine.evaluate import evaluate_checkpoint, resolve_eval_data, trained_test_sizes
 
-    data_cfg = resolve_eval_data(args.data, list_file=args.list_file, val_groups=args.val_groups, split=args.split)
+    sizes = trained_test_sizes(args.checkpoint)
+    if args.test_size:
+        sizes.update(test_short_size=args.test_size, test_max_size=args.test_size)
+    data_cfg = resolve_eval_data(args.data, list_file=args.list_file, val_groups=args.val_groups, split=args.split,
+                                 sizes=sizes)
     result = evaluate_checkpoint(
         args.checkpoint, data_cfg, args.out, tr_post=args.tr_post, device=args.device,
         batch_size=args.batch_size, workers=args.workers, num_examples=args.examples, threads=args.threads,

@@ -67,3 +67,24 @@ def test_compile_delegates_to_engines_compile(monkeypatch) -> None:
     monkeypatch.setattr(engines, "compile", fake, raising=False)
     assert main(["compile", "--checkpoint", "x.pt"]) == 0
     assert calls == ["x.pt"]
+
+
+def test_eval_on_a_deeppcb_root_holds_out_groups_at_the_trained_size(tiny_config, tmp_path: Path) -> None:
+    import cv2
+
+    from training.data.synthetic import SyntheticSpec, write_deeppcb_layout
+
+    raw = tiny_config("pcb", max_iters=1)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(config)]) == 0
+    root = tmp_path / "deeppcb_like"
+    write_deeppcb_layout(root, 4, SyntheticSpec(height=96, width=96, defect_size=(6, 20), normal_fraction=0.0), group_size=2)
+    out = tmp_path / "eval_pcb"
+    code = main(["eval", "--checkpoint", str(Path(raw["output_dir"]) / "last.pt"), "--data", str(root),
+                 "--list-file", "trainval.txt", "--val-groups", "00002", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"] == 2  # only group00002's pairs
+    examples = sorted((out / "examples").glob("*.png"))
+    assert examples and cv2.imread(str(examples[0])).shape[:2] == (64, 64)  # the checkpoint's test size, not 800

@@ -27,12 +27,27 @@ EXAMPLE_SCORE_THRESH = 0.3
 REQUIRED_REPORT_KEYS = ("map50", "coco_map", "deeppcb_map", "deeppcb_fscore", "per_class", "images", "seconds")
 
 
+#: DataConfig keys that say how test images are sized: taken from the checkpoint's training config when
+#: ``--data`` is a bare dataset root, so a model trained at 384 px is not evaluated at the 800 px default.
+TEST_SIZE_KEYS = ("test_short_size", "test_max_size", "size_divisor")
+
+
+def trained_test_sizes(checkpoint: str | Path) -> dict[str, Any]:
+    """The test-time sizing the checkpoint's run used (empty if it does not record one)."""
+    from training.engine.checkpoint import load_checkpoint
+
+    train_cfg = load_checkpoint(checkpoint).get("train_config") or {}
+    data = ((train_cfg.get("data") or {}).get("val") or (train_cfg.get("data") or {}).get("train") or {})
+    return {k: data[k] for k in TEST_SIZE_KEYS if k in data}
+
+
 def resolve_eval_data(data: str | Path, list_file: str | None = None, val_groups: Sequence[str] | None = None,
-                      split: str = "val"):
+                      split: str = "val", sizes: dict[str, Any] | None = None):
     """``--data`` -> DataConfig: a DeepPCB-format root, a data-config YAML, or a training config YAML.
 
-    A DeepPCB root is evaluated as a whole list (``split=all``) unless ``val_groups`` picks board groups; a
-    training config gives its ``data.val`` (or the held-out side of ``data.train``) for ``split=val``.
+    A DeepPCB root is evaluated as a whole list (``split=all``) unless ``val_groups`` picks board groups, at
+    ``sizes`` (see :func:`trained_test_sizes`); a training config gives its ``data.val`` (or the held-out side
+    of ``data.train``) for ``split=val``, sized as that config says.
     """
     import yaml
     from pydantic import ValidationError
@@ -41,7 +56,8 @@ def resolve_eval_data(data: str | Path, list_file: str | None = None, val_groups
 
     path = Path(data)
     if path.is_dir():
-        fields: dict[str, Any] = {"format": "deeppcb", "root": path, "split": "val" if val_groups else "all"}
+        fields: dict[str, Any] = {"format": "deeppcb", "root": path, "split": "val" if val_groups else "all",
+                                  **(sizes or {})}
         if list_file:
             fields["list_file"] = list_file
         if val_groups:
