@@ -35,6 +35,11 @@ def test_train_resume_eval(tiny_config, tmp_path: Path, capsys) -> None:
     assert set(report["per_class"]) == set(raw["model"]["class_names"])
     assert (out / "pr_curves.png").stat().st_size > 0
     assert "map50=" in capsys.readouterr().out
+    assert report["tr_post"] is False
+
+    out_post = tmp_path / "eval_tr_post"
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(config), "--tr-post", "--out", str(out_post)]) == 0
+    assert json.loads((out_post / "report.json").read_text())["tr_post"] is True
 
 
 def test_bad_inputs_give_one_clear_line(tmp_path: Path, capsys) -> None:

@@ -10,6 +10,7 @@ all ranks stop on the same iteration and rank 0 writes ``last.pt`` first.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -204,7 +205,8 @@ class Trainer:
         device = self.info.device
         images = images.to(device, non_blocking=True)
         templates = templates.to(device, non_blocking=True) if (templates is not None and self.use_templates) else None
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+        autocast = torch.autocast(device_type="cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with autocast:
             losses = self.model(images, templates=templates, targets=move_targets(targets, device), image_sizes=image_sizes)
         loss = sum(losses.values())
         values = {k: float(v.detach()) for k, v in losses.items()}
