@@ -1,0 +1,50 @@
+"""The same daemon on PostgreSQL (migrations at start, idempotent frames, gap-free alarms, replay).
+
+Needs a server: ``eval "$(.ci/postgres.sh)"`` exports RDDN_TEST_POSTGRES_URL. Each test gets its own database."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.engine import make_url
+
+from inspector.db import Alarm, Frame
+
+pytestmark = pytest.mark.postgres
+URL = os.environ.get("RDDN_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def pg_url():
+    if not URL:
+        pytest.skip("RDDN_TEST_POSTGRES_URL not set: no PostgreSQL on this machine (.ci/postgres.sh starts one)")
+    name = f"rddn_inspector_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_daemon_on_postgresql(pg_url, make_config, start_daemon, frames, tails, wait):
+    cfg = make_config(database_url=pg_url)
+    daemon = start_daemon(cfg)
+    drop = cfg.cameras[0].drop_folder
+    for i in range(3):
+        frames.drop(drop, f"P00_pg{i}.jpg", 0, defective=i > 0, via_rename=bool(i % 2))
+    wait(lambda: daemon.sequencer.last_seq == 2 and daemon.wait_idle(0.1))
+    late = tails(daemon, after=0)
+    wait(lambda: late.seqs() == [1, 2])
+    with daemon.factory() as db:
+        frames_ = db.scalars(select(Frame).order_by(Frame.id)).all()
+        alarms = db.scalars(select(Alarm).order_by(Alarm.seq)).all()
+        assert db.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+    assert [f.status for f in frames_] == ["ok", "defective", "defective"]
+    assert [a.seq for a in alarms] == [1, 2] and frames_[1].processed_at.tzinfo is not None
+    daemon.stop()
+    second = start_daemon(cfg, templates=False)  # migrations re-run (no-op), a new session
+    assert second.sequencer.session_id != daemon.sequencer.session_id
