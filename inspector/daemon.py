@@ -300,6 +300,8 @@ class Daemon:
                     if watcher.ensure_alive():
                         self.errors["observer_restarts"] += 1
                         self.state = HealthState.DEGRADED
+                        # frames written while the folder had no watch produced no events: take them now
+                        reconcile(watcher.camera, self.offer, 0.0)
                 now = time.monotonic()
                 if now >= next_reconcile:
                     stable = max([c.stable_s for c in self.cfg.cameras] + [0.5])
@@ -328,6 +330,8 @@ class Daemon:
         """Re-read the config file (if any) and the templates. Invalid config: logged, old one kept.
         Station id, database and bus endpoints need a restart and are not changed here."""
         self.templates.invalidate()
+        if self.bus is not None:
+            self.bus.curve.reload()  # revoked/added CURVE client keys take effect without a restart
         if self.config_path is None:
             return True
         try:

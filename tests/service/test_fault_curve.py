@@ -1,9 +1,11 @@
 """Alarm bus security with the real daemon: CURVE encryption plus client-key authentication on the PUB and
 replay sockets. A subscriber without the server key, or with a key that is not authorised, gets nothing; an
-authorised one gets every alarm, live and replayed (also through ``inspector alarms tail``)."""
+authorised one gets every alarm, live and replayed (also through ``inspector alarms tail``); a revoked key is
+refused after a reload."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -53,4 +55,12 @@ def test_curve_bus_serves_only_authorised_clients(station, bus_listener, tmp_pat
     assert tail.returncode == 0, tail.stderr
     printed = [json.loads(line) for line in tail.stdout.splitlines() if line.startswith("{")]
     assert [a["seq"] for a in printed if a.get("type") == "alarm"] == [1, 2, 3]
+
+    # Revoke the gateway: delete its public key, SIGHUP (systemctl reload). New connections with it are refused.
+    client_pub.unlink()
+    st.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: '"configuration reloaded"' in st.log_text(), 10, what="the reload")
+    revoked = bus_listener(st.publish_endpoint, setup=keyed)
+    time.sleep(1.0)
+    assert revoked.messages == [], "a revoked client key still connects after reload"
     assert st.stop() == 0
