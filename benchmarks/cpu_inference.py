@@ -55,16 +55,22 @@ class Timing:
                 f"(min {min(self.latencies) * 1000:.1f}, max {max(self.latencies) * 1000:.1f}, n={len(self.latencies)})")
 
 
-def time_frames(name: str, fn: Callable[[int], object], warmup: int, iters: int) -> Timing:
-    """Median wall time of ``fn(frame_index)``; warm-up runs absorb allocator and kernel-selection costs."""
-    for i in range(warmup):
-        fn(i)
-    latencies = []
+def time_round_robin(runners: dict[str, Callable[[int], object]], warmup: int, iters: int) -> list[Timing]:
+    """Median wall time per frame of each runner, timed in turns (A B C A B C ...).
+
+    On a shared machine the load drifts during a run; interleaving exposes every runner to the same drift, so
+    the ratios stay meaningful even when the absolute figures are inflated.
+    """
+    for fn in runners.values():
+        for i in range(warmup):
+            fn(i)
+    latencies: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(iters):
-        start = time.perf_counter()
-        fn(i)
-        latencies.append(time.perf_counter() - start)
-    return Timing(name, latencies)
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn(i)
+            latencies[name].append(time.perf_counter() - start)
+    return [Timing(name, values) for name, values in latencies.items()]
 
 
 def matmul_rate(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -81,6 +87,13 @@ def matmul_rate(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, floa
     best_numpy = min(_timed(lambda: an @ bn) for _ in range(repeats))
     flops = 2.0 * n**3
     return {"torch_gflops": flops / best_torch / 1e9, "numpy_gflops": flops / best_numpy / 1e9}
+
+
+def _no_grad(model: Callable[..., object], *args: object, **kwargs: object) -> object:
+    import torch
+
+    with torch.inference_mode():
+        return model(*args, **kwargs)
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -195,26 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     cfg = rddn_config(args.depth, args.proposals)
     model = build_model(cfg).eval()
     label = f"RDDN R{args.depth}-FPN TR-Pre+CR {args.proposals}p"
-    results: list[Timing] = []
+    runners: dict[str, Callable[[int], object]] = {}
     with torch.inference_mode():
         flops = count_flops(lambda: model(frames[0], templates=templates[0]))
-        results.append(time_frames(f"{label} PyTorch eager", lambda i: model(frames[i % 2], templates=templates[i % 2]),
-                                   args.warmup, args.iters))
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        spec = export_onnx.ExportSpec(input_size=(args.size, args.size))
-        start = time.perf_counter()
-        export_onnx.export_onnx(export_onnx.build_export_module(model, spec), onnx_path, spec)
-        print(f"ONNX export: {time.perf_counter() - start:.1f} s, {onnx_path.stat().st_size / 2**20:.1f} MiB")
-        session = ort_session(onnx_path, args.threads)
-        feeds = [{"image": frames[k].numpy(), "template": templates[k].numpy()} for k in range(2)]
-        names = {i.name for i in session.get_inputs()}
-        feeds = [{k: v for k, v in f.items() if k in names} for f in feeds]
-        results.append(time_frames(f"{label} ONNX Runtime", lambda i: session.run(None, feeds[i % 2]),
-                                   args.warmup, args.iters))
-        del session
-        rss = measure_rss(onnx_path, args.size, args.threads, max(2, args.iters // 2))
-
+    runners[f"{label} PyTorch eager"] = lambda i: _no_grad(model, frames[i % 2], templates=templates[i % 2])
+    tmp = tempfile.TemporaryDirectory()
+    onnx_path = Path(tmp.name) / "model.onnx"
+    spec = export_onnx.ExportSpec(input_size=(args.size, args.size))
+    start = time.perf_counter()
+    export_onnx.export_onnx(export_onnx.build_export_module(model, spec), onnx_path, spec)
+    print(f"ONNX export: {time.perf_counter() - start:.1f} s, {onnx_path.stat().st_size / 2**20:.1f} MiB")
+    session = ort_session(onnx_path, args.threads)
+    names = {i.name for i in session.get_inputs()}
+    feeds = [{k: v for k, v in (("image", frames[j].numpy()), ("template", templates[j].numpy())) if k in names}
+             for j in range(2)]
+    runners[f"{label} ONNX Runtime"] = lambda i: session.run(None, feeds[i % 2])
+    tv_flops = float("nan")
     if not args.skip_torchvision:
         from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
@@ -222,10 +231,11 @@ def main(argv: list[str] | None = None) -> int:
         tv_frames = [f[0] / 255.0 for f in frames]
         with torch.inference_mode():
             tv_flops = count_flops(lambda: tv([tv_frames[0]]))
-            results.append(time_frames("torchvision fasterrcnn_resnet50_fpn eager 1000p", lambda i: tv([tv_frames[i % 2]]),
-                                       args.warmup, args.iters))
-    else:
-        tv_flops = float("nan")
+        runners["torchvision fasterrcnn_resnet50_fpn eager 1000p"] = lambda i: _no_grad(tv, [tv_frames[i % 2]])
+    results = time_round_robin(runners, args.warmup, args.iters)
+    del session
+    rss = measure_rss(onnx_path, args.size, args.threads, max(2, args.iters // 2))
+    tmp.cleanup()
 
     print()
     for timing in results:
