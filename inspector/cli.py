@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=2.0, help="frames per second dropped into the folder")
     p.add_argument("--defect-rate", type=float, default=0.3, help="share of frames with defects")
     p.add_argument("--backend", choices=("auto", "onnxruntime", "difference"), default="auto")
+    p.add_argument("--model", help="ONNX Runtime artifact dir (default: inspector/demo/model, shipped)")
     p.add_argument("--positions", type=int, default=4)
     p.add_argument("--size", type=int, default=None, help="frame side in px (default: the model's input size)")
     p.add_argument("--seed", type=int, default=0)

@@ -36,24 +36,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def choose_backend(requested: str) -> tuple[dict[str, object], int | None]:
+def choose_backend(requested: str, model_dir: Path = DEMO_MODEL_DIR) -> tuple[dict[str, object], int | None]:
     """(detector section, model input size or None). ``auto``: the shipped ONNX model if present, otherwise the
     classical difference detector, said loudly."""
-    metadata = DEMO_MODEL_DIR / "metadata.json"
+    model_dir = Path(model_dir).resolve()
+    metadata = model_dir / "metadata.json"
     if requested in ("auto", "onnxruntime") and metadata.is_file():
         from engines.artifact import ArtifactMetadata
 
-        meta = ArtifactMetadata.load(DEMO_MODEL_DIR)
-        return {"backend": "onnxruntime", "artifact": str(DEMO_MODEL_DIR)}, meta.preprocessing.input_height
+        meta = ArtifactMetadata.load(model_dir)
+        return {"backend": "onnxruntime", "artifact": str(model_dir)}, meta.preprocessing.input_height
     if requested == "onnxruntime":
-        print(f"demo: no demo model at {DEMO_MODEL_DIR} (metadata.json + model.onnx); "
+        print(f"demo: no demo model at {model_dir} (metadata.json + model.onnx); "
               "falling back to --backend difference", file=sys.stderr)
     elif requested == "auto":
-        print(f"demo: no demo model installed at {DEMO_MODEL_DIR}; using the classical template-difference "
+        print(f"demo: no demo model installed at {model_dir}; using the classical template-difference "
               "detector (--backend difference) instead", file=sys.stderr)
     if requested != "difference":
         log.warning("demo model missing, falling back to the difference backend", extra={"fields": {
-            "expected": str(DEMO_MODEL_DIR / "metadata.json")}})
+            "expected": str(metadata)}})
     return {"backend": "difference", "options": {"threshold": 40, "min_area": 12}}, None
 
 
@@ -117,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     state = Path(args.state).resolve()
-    detector, model_size = choose_backend(args.backend)
+    detector, model_size = choose_backend(args.backend, Path(args.model) if args.model else DEMO_MODEL_DIR)
     config_path = write_demo_config(state, detector)
     cfg = load_station_config(config_path)
     size = args.size or model_size or DEFAULT_SIZE

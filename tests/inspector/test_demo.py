@@ -22,3 +22,15 @@ def test_demo_runs_a_station_and_prints_alarms_and_history(tmp_path, capsys):
     assert (tmp_path / "demo" / "station.yaml").is_file() and (tmp_path / "demo" / "inspector.db").is_file()
     assert main(["check-config", str(tmp_path / "demo" / "station.yaml")]) == 0
     assert list((tmp_path / "demo" / "drop" / "cam1").iterdir()) == []  # everything dropped was processed
+
+
+def test_demo_backend_choice_and_clear_fallback(tmp_path, tiny_artifact, capsys):
+    from inspector.demo.runner import choose_backend
+
+    detector, size = choose_backend("auto", tmp_path / "missing")
+    assert detector["backend"] == "difference" and size is None
+    assert "no demo model installed" in capsys.readouterr().err
+    art = tiny_artifact(tmp_path / "model", with_template=True)
+    detector, size = choose_backend("auto", art)
+    assert detector == {"backend": "onnxruntime", "artifact": str(art.resolve())} and size == 32
+    assert choose_backend("difference", art)[0]["backend"] == "difference"
