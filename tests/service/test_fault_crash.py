@@ -17,9 +17,15 @@ BURST = 36
 KILLS = 4
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """SQLite (the default file in the state dir) and, when a server is available, a fresh PostgreSQL database."""
+    return None if request.param == "sqlite" else request.getfixturevalue("fresh_postgres_url")
+
+
 @pytest.mark.slow
-def test_kill9_during_bursts_loses_nothing_and_duplicates_nothing(station) -> None:
-    st = station()
+def test_kill9_during_bursts_loses_nothing_and_duplicates_nothing(station, database_url: str | None) -> None:
+    st = station(database_url=database_url)
     st.register_templates()
     rng = random.Random(1234)
     expected: dict[str, tuple[str, bool]] = {}  # name -> (sha256, defective)
