@@ -244,10 +244,9 @@ class Pipeline:
             elif a.kind == "duplicate":
                 outcome = self._finish_duplicate(a.job, a.existing, a.laps)
             elif a.kind == "quarantine":
-                outcome = self._quarantine(a.job, a.cam, a.camera_id, a.digest, a.name, a.q_kind, a.q_message, a.laps)
+                outcome = self._quarantine(a)
             else:
-                outcome = self._commit_result(a.job, a.cam, a.camera_id, a.digest, a.name, a.image, a.detections,
-                                              a.template_id, a.shift, a.response, a.t_result, a.laps)
+                outcome = self._commit_result(a)
             outcome.stage_ms = a.laps.ms
             outcome.stage_cpu_ms = a.laps.cpu_ms
         self.counts[outcome.status] += 1
@@ -280,34 +279,33 @@ class Pipeline:
     def _destination(self, root_name: str, cam: CameraConfig, name: str, digest: str, when: datetime) -> Path:
         return unique_destination(dated_dir(self.cfg.dir_for(root_name), cam.id, when), name, digest)  # type: ignore[arg-type]
 
-    def _commit_result(self, job, cam, camera_id, digest, name, image, detections, template_id, shift, response,
-                       t_result, laps) -> FrameOutcome:
+    def _commit_result(self, a: Analysis) -> FrameOutcome:
+        job, cam, name, laps = a.job, a.cam, a.name, a.laps
+        assert name is not None
         now = datetime.now(timezone.utc)
-        kept, sev, worst = self._select(detections)
+        kept, sev, worst = self._select(a.detections)
         status = "defective" if kept else "ok"
         dest = None
         if not (status == "ok" and self.cfg.retention.delete_ok_frames):
-            dest = self._destination("processed", cam, job.path.name, digest, now)
+            dest = self._destination("processed", cam, job.path.name, a.digest, now)
         annotated = None  # path decided now (it goes into the row and the alarm), image written after publish
         if kept and self.cfg.save_annotated:
-            stem = Path(job.path.name).stem
-            annotated = dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{stem}-{digest[:8]}.jpg"
-        seq = None
+            annotated = dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{job.path.stem}-{a.digest[:8]}.jpg"
+        seq = payload = alarm = None
         try:
             with self.factory.begin() as db:
-                frame = Frame(camera_id=camera_id, name=job.path.name, sha256=digest, position=name.position,
+                frame = Frame(camera_id=a.camera_id, name=job.path.name, sha256=a.digest, position=name.position,
                               serial=name.serial, status=status, source_path=str(job.path),
                               stored_path=str(dest) if dest else None,
                               annotated_path=str(annotated) if annotated else None, captured_at=name.timestamp,
-                              processed_at=now, template_id=template_id, model_id=self.model_id,
-                              shift_x=shift[0] if shift else None, shift_y=shift[1] if shift else None,
-                              align_response=response, latency_ms=(t_result - job.offered_at) * 1000.0,
+                              processed_at=now, template_id=a.template_id, model_id=self.model_id,
+                              shift_x=a.shift[0] if a.shift else None, shift_y=a.shift[1] if a.shift else None,
+                              align_response=a.response, latency_ms=(a.t_result - job.offered_at) * 1000.0,
                               stage_ms={k: round(v, 3) for k, v in laps.ms.items()})
                 db.add(frame)
                 db.flush()
                 db.add_all([DetectionRow(frame_id=frame.id, class_id=d.class_id, class_name=d.label, score=d.score,
                                          x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]) for d in kept])
-                alarm = None
                 if worst is not None:
                     seq = self.sequencer.peek()
                     payload = self._alarm_payload(cam, job, name, frame, seq, worst, kept, sev)
@@ -318,7 +316,7 @@ class Pipeline:
                                .values(last_seq=seq))
                     db.flush()
         except IntegrityError:
-            existing = self._existing(camera_id, job.path.name, digest)
+            existing = self._existing(a.camera_id, job.path.name, a.digest)
             if existing is None:
                 raise
             return self._finish_duplicate(job, existing, laps)
@@ -326,19 +324,18 @@ class Pipeline:
             self.sequencer.advance(seq)
         laps.lap("db")
         if alarm is not None and self.bus is not None:
-            self.bus.publish_alarm(worst, payload, seq, alarm.id, t_result)
+            self.bus.publish_alarm(worst, payload, seq, alarm.id, a.t_result)  # type: ignore[arg-type]
         laps.lap("publish")
-        if annotated is not None:
+        if annotated is not None and a.image is not None:
             try:
-                save_annotated(annotated, image, kept, sev)
+                save_annotated(annotated, a.image, kept, sev)
             except OSError:
                 log.exception("cannot write annotated image", **log_fields(path=str(annotated)))
             laps.lap("annotate")
         self._store(job.path, dest)
         laps.lap("move")
-        log.debug("frame done", **log_fields(camera=cam.id, frame=job.path.name, status=status, seq=seq))
-        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=shift,
-                            destination=dest, t_result=t_result)
+        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=a.shift,
+                            destination=dest, t_result=a.t_result)
 
     def _store(self, src: Path, dest: Path | None) -> None:
         try:
@@ -349,13 +346,15 @@ class Pipeline:
         except OSError:
             log.exception("cannot move frame out of the drop folder", **log_fields(frame=str(src), dest=str(dest)))
 
-    def _quarantine(self, job, cam, camera_id, digest, name, kind, message, laps) -> FrameOutcome:
+    def _quarantine(self, a: Analysis) -> FrameOutcome:
+        job, cam, name, digest, laps = a.job, a.cam, a.name, a.digest, a.laps
+        kind, message = a.q_kind, a.q_message
         now = datetime.now(timezone.utc)
         dest = self._destination("quarantine", cam, job.path.name, digest, now)
         reason = {"station": self.cfg.station, "camera": cam.id, "frame": job.path.name, "sha256": digest,
                   "kind": kind, "reason": message, "time": now.isoformat(), "source": str(job.path)}
         with self.factory.begin() as db:
-            frame = Frame(camera_id=camera_id, name=job.path.name, sha256=digest,
+            frame = Frame(camera_id=a.camera_id, name=job.path.name, sha256=digest,
                           position=name.position if name else None, serial=name.serial if name else None,
                           status="quarantined", reason=f"{kind}: {message}", source_path=str(job.path),
                           stored_path=str(dest), processed_at=now, model_id=self.model_id,
