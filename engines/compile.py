@@ -113,11 +113,15 @@ def check_input_size(size: tuple[int, int], where: str) -> tuple[int, int]:
 
 
 def input_size_from_train_config(train_config: Mapping[str, Any]) -> tuple[int, int] | None:
-    """The size the model was trained at, when the checkpoint's train_config records one.
+    """The graph input size the training run implies, or None.
 
-    Looks for ``data.input_size`` / ``data.image_size`` (an int or an [H, W] pair), the data config's names.
+    An explicit ``data.input_size`` / ``data.image_size`` (int or [H, W]) wins; otherwise the test-time resize
+    of the data config (``data.train.test_short_size`` / ``test_max_size``): short edge x long-edge cap, each
+    rounded up to a multiple of 32 (a landscape frame; pass ``--input-size`` for anything else).
     """
-    data = train_config.get("data") if isinstance(train_config, Mapping) else None
+    if not isinstance(train_config, Mapping):
+        return None
+    data = train_config.get("data")
     for section in (data, train_config):
         if not isinstance(section, Mapping):
             continue
@@ -127,7 +131,16 @@ def input_size_from_train_config(train_config: Mapping[str, Any]) -> tuple[int, 
                 return value, value
             if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
                 return int(value[0]), int(value[1])
+    train = data.get("train") if isinstance(data, Mapping) else None
+    if isinstance(train, Mapping) and isinstance(train.get("test_short_size"), int):
+        short = int(train["test_short_size"])
+        longest = int(train.get("test_max_size") or short)
+        return _round_up(short), _round_up(max(short, longest))
     return None
+
+
+def _round_up(value: int) -> int:
+    return -(-value // SIZE_DIVISOR) * SIZE_DIVISOR
 
 
 def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> ArtifactMetadata:

@@ -138,6 +138,11 @@ def test_input_size_from_train_config() -> None:
     assert cc.input_size_from_train_config({"data": {"input_size": 512}}) == (512, 512)
     assert cc.input_size_from_train_config({"data": {"image_size": [480, 640]}}) == (480, 640)
     assert cc.input_size_from_train_config({"lr": 0.01}) is None
+    # the data config's test-time resize (training/data: test_short_size, test_max_size)
+    data = {"data": {"train": {"test_short_size": 256, "test_max_size": 256}}}
+    assert cc.input_size_from_train_config(data) == (256, 256)
+    data = {"data": {"train": {"test_short_size": 800, "test_max_size": 1333}}}
+    assert cc.input_size_from_train_config(data) == (800, 1344)
 
 
 def test_tensorrt_build_step_records_the_engine(tmp_path: Path, monkeypatch) -> None:
