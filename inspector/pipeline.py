@@ -128,10 +128,44 @@ def is_complete_image(data: bytes, suffix: str) -> bool:
     return True
 
 
+# A frame's pixel budget. A few KB of PNG can declare 20000x20000 (a decompression bomb: 1.2 GB decoded); on a
+# small line PC that is an OOM kill, a restart, and the same file again: a crash loop. Checked from the header.
+MAX_FRAME_PIXELS = 100_000_000
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG or BMP header without decoding; None when the format is not recognised."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] == b"BM" and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+    if data[:2] == b"\xff\xd8":
+        i = 2
+        while i + 9 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+            i += 2 + length
+    return None
+
+
 def decode_rgb(data: bytes, suffix: str) -> np.ndarray:
     if not is_complete_image(data, suffix):
         raise Quarantine("corrupt", f"truncated {suffix} file (no end marker)")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    dims = image_dimensions(data)
+    if dims is not None and dims[0] * dims[1] > MAX_FRAME_PIXELS:
+        raise Quarantine("too_large", f"image declares {dims[0]}x{dims[1]} pixels (limit {MAX_FRAME_PIXELS:,}); "
+                                      "not decoded")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # e.g. OpenCV's own pixel limit, or a malformed header
+        raise Quarantine("corrupt", f"not a decodable image ({str(exc).strip().splitlines()[-1][:120]})") from None
     if image is None:
         raise Quarantine("corrupt", "not a decodable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)

@@ -26,6 +26,19 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(row)) + chunk(b"IEND", b"")
 
 
+def _png_zeros(width: int, height: int) -> bytes:
+    """A complete, valid black PNG of any size, compressed row by row (a real decompression bomb: ~0.4 MB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row_block = (b"\x00" + b"\x00" * (3 * width)) * 100
+    idat = b"".join(z.compress(row_block) for _ in range(height // 100)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
 def _good(name_serial: str, seed: int, position: str = "P1", ext: str = ".png") -> tuple[str, bytes]:
     return f"{position}_{name_serial}{ext}", encode(make_frame(position, False, seed), ext)
 
@@ -45,8 +58,9 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_truncpng.png": "corrupt",
         "P1_text.png": "corrupt",
         "P1_random.jpg": "corrupt",
-        "P1_huge.png": "",          # 65535x65535 header: refused before any allocation (kind not pinned)
-        "P1_bomb.png": "",          # 20000x20000 header, one row of data
+        "P1_huge.png": "too_large",     # 65535x65535 header: refused before any allocation
+        "P1_bomb.png": "too_large",     # 20000x20000 header, one row of data
+        "P1_realbomb.png": "too_large",  # a complete, valid 12000x12000 PNG: 432 MB if decoded
         "P9_unknownpos.png": "no_template",
         "nopattern.png": "bad_name",
         "P1_with space.png": "bad_name",
@@ -61,6 +75,7 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_random.jpg": np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
         "P1_huge.png": _png_header_only(65535, 65535),
         "P1_bomb.png": _png_header_only(20000, 20000),
+        "P1_realbomb.png": _png_zeros(12000, 12000),
         "P9_unknownpos.png": png,
         "nopattern.png": png,
         "P1_with space.png": png,
