@@ -189,3 +189,30 @@ def test_retention_deletes_good_frames_when_configured(make_config, start_daemon
     assert rows["P00_ok.jpg"].status == "ok" and rows["P00_ok.jpg"].stored_path is None
     assert Path(rows["P01_bad.jpg"].stored_path).is_file()
     assert list(drop.iterdir()) == [] and not list(cfg.dir_for("processed").rglob("P00_ok*"))
+
+
+def test_subscriber_recovers_an_unpublished_alarm_across_a_restart(make_config, start_daemon, frames, tails, wait):
+    """Crash between commit and publish: the alarm is in the database but never went out. After the restart
+    the subscriber learns the old session's last seq (birth/heartbeat) and replays the missing alarm."""
+    from inspector.demo.runner import free_port
+
+    bus = {"publish": f"tcp://127.0.0.1:{free_port()}", "replay": f"tcp://127.0.0.1:{free_port()}",
+           "heartbeat_s": 0.2}
+    cfg = make_config(bus=bus)
+    first = start_daemon(cfg)
+    tail = tails(first, after=0)
+    drop = cfg.cameras[0].drop_folder
+    frames.drop(drop, "P00_c1.jpg", 0, defective=True)
+    wait(lambda: tail.seqs() == [1])
+    first.pipeline.bus = None  # the next alarm is committed but "the process dies" before publishing it
+    frames.drop(drop, "P00_c2.jpg", 0, defective=True)
+    wait(lambda: first.sequencer.last_seq == 2 and first.wait_idle(0.1))
+    old_session = first.sequencer.session_id
+    first.stop()
+
+    second = start_daemon(cfg, templates=False)
+    frames.drop(drop, "P01_c3.jpg", 1, defective=True)
+    wait(lambda: len(tail.alarms) == 3)
+    assert [(a["session"], a["seq"]) for a in tail.alarms] == [
+        (old_session, 1), (old_session, 2), (second.sequencer.session_id, 1)]
+    assert [a["frame"] for a in tail.alarms] == ["P00_c1.jpg", "P00_c2.jpg", "P01_c3.jpg"]
