@@ -190,3 +190,28 @@ def test_dcn_backbone_exports_as_onnx_deformconv_and_matches_eager(tmp_path: Pat
     assert sum(n.op_type == "DeformConv" for n in iter_nodes(proto.graph)) == 13  # layer2..4 3x3 convs (4+6+3)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= ex.DEFORM_CONV_OPSET
     _assert_parity(model, module, path, spec, seeds=(1,))
+
+
+def test_frame_without_detections_gives_zero_count(tmp_path: Path) -> None:
+    """Most production frames are defect-free: a graph traced on a frame WITH detections must give an empty,
+    well-formed result when every candidate falls below the score threshold (no baked-in count, no error)."""
+    from onnx import numpy_helper
+
+    model = tiny_model(CONFIGS["faster_cr"])
+    _, path, spec = _export(model, tmp_path)
+    inputs = ex.example_inputs(spec, False, seed=1)
+    assert int(ex.run_onnxruntime(path, inputs)[3][0]) > 0
+    proto = onnx.load(str(path))
+    biased = 0
+    for init in proto.graph.initializer:  # background logit +50: every class score << 0.01
+        if init.name.endswith("box_predictor.cls_score.bias"):
+            bias = numpy_helper.to_array(init).copy()
+            bias[0] = 50.0
+            init.CopyFrom(numpy_helper.from_array(bias, init.name))
+            biased += 1
+    assert biased == 1
+    quiet = tmp_path / "quiet.onnx"
+    onnx.save(proto, str(quiet))
+    boxes, scores, labels, counts = ex.run_onnxruntime(quiet, inputs)
+    assert counts.tolist() == [0] and not boxes.any() and not scores.any()
+    assert boxes.shape == (1, model.config.roi_head.detections_per_img, 4)
