@@ -89,6 +89,9 @@ def test_missing_and_bad_weight_files_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_model(ModelConfig(class_names=("a",), backbone={"pretrained": missing}))
+    # a checkpoint's config may name pretrained files that do not exist where it is evaluated
+    assert build_model(ModelConfig(class_names=("a",), backbone={"depth": 18, "pretrained": missing}),
+                       load_pretrained=False).backbone.out_channels[-1] == 512
     bad = tmp_path / "bad.pth"
     bad.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="bad.pth"):

@@ -192,11 +192,17 @@ class RDDN(nn.Module):
                     )
 
 
-def build_model(cfg: ModelConfig) -> RDDN:
-    """Build RDDN from its config and load the configured pretrained weights (ImageNet backbone, then COCO)."""
+def build_model(cfg: ModelConfig, load_pretrained: bool = True) -> RDDN:
+    """Build RDDN from its config and load the configured pretrained weights (ImageNet backbone, then COCO).
+
+    ``load_pretrained=False`` when every weight comes from a checkpoint anyway (evaluation, export): the
+    pretrained files named in the config need not exist on that machine.
+    """
     from training.model.weights import load_coco_detector, load_imagenet_backbone
 
     model = RDDN(cfg)
+    if not load_pretrained:
+        return model
     if cfg.backbone.pretrained is not None:
         load_imagenet_backbone(model.backbone, cfg.backbone.pretrained)
     if cfg.coco_pretrained is not None:
