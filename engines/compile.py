@@ -177,8 +177,9 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
         export_onnx.export_onnx(module, onnx_path, spec)
     with log.step("checking the graph (onnx.checker, shape inference, I/O contract)"):
         export_onnx.check_onnx(onnx_path, spec, with_template=module.with_template)
-    with log.step("self-check: exported graph vs PyTorch on one input" if options.verify else "self-check skipped"):
-        if options.verify:
+    verify, why_not = _self_check_plan(options, spec)
+    with log.step("self-check: exported graph vs PyTorch on one input" if verify else f"self-check skipped ({why_not})"):
+        if verify:
             report = export_onnx.verify_against_eager(model, module, onnx_path, spec)
             log.info(report.summary())
     tensorrt_info = None
@@ -196,6 +197,21 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
         metadata.save(options.out)
     log.finish(f"artifact ready in {options.out}")
     return metadata
+
+
+#: The TensorRT-variant graph can only run on CPU through onnx.reference (numpy convolutions): minutes per frame
+#: at deployment sizes, so its self-check runs up to this many input pixels (the tests cover the rest).
+REFERENCE_CHECK_MAX_PIXELS = 320 * 320
+
+
+def _self_check_plan(options: CompileOptions, spec: Any) -> tuple[bool, str]:
+    if not options.verify:
+        return False, "--no-verify"
+    pixels = spec.input_size[0] * spec.input_size[1]
+    if spec.roi_ops == "rddn" and pixels > REFERENCE_CHECK_MAX_PIXELS:
+        return False, (f"the plugin graph runs on CPU only through onnx.reference, too slow at "
+                       f"{spec.input_size[0]}x{spec.input_size[1]}; check the built engine against PyTorch on the GPU")
+    return True, ""
 
 
 def describe_artifact(model: Any, payload: Mapping[str, Any], options: CompileOptions, spec: Any,
