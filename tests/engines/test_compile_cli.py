@@ -168,3 +168,18 @@ def test_tensorrt_build_step_records_the_engine(tmp_path: Path, monkeypatch) -> 
     assert meta.model_file == "model.engine" and meta.onnx_file == "model.onnx"
     assert meta.model_sha256 == sha256_file(out / "model.engine")
     assert meta.tensorrt is not None and meta.tensorrt.gpu_arch == "sm_90"
+
+
+def test_plugin_graph_self_check_is_skipped_at_deployment_sizes(tmp_path: Path) -> None:
+    from engines.export_onnx import ExportSpec
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"x")
+    options = cc.CompileOptions(ckpt, "tensorrt", tmp_path / "o")
+    small, large = ExportSpec((256, 256), roi_ops="rddn", precision="fp16"), ExportSpec((640, 640), roi_ops="rddn",
+                                                                                           precision="fp16")
+    assert cc._self_check_plan(options, small) == (True, "")
+    run, why = cc._self_check_plan(options, large)
+    assert not run and "onnx.reference" in why
+    ort_options = cc.CompileOptions(ckpt, "onnxruntime", tmp_path / "o")
+    assert cc._self_check_plan(ort_options, ExportSpec((640, 640)))[0]  # ONNX Runtime checks at any size
