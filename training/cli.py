@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -83,10 +84,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(args.config, args.overrides)
     state = run_training(cfg, resume=args.resume, stop_at=args.stop_at)
-    logging.getLogger("rddn").info(
-        "training stopped (%s) at epoch %d, iteration %d; checkpoint %s",
-        state.stop_reason, state.epoch, state.iteration, Path(cfg.output_dir) / "last.pt",
-    )
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        logging.getLogger("rddn").info(
+            "training stopped (%s) at epoch %d, iteration %d; checkpoint %s",
+            state.stop_reason, state.epoch, state.iteration, Path(cfg.output_dir) / "last.pt",
+        )
     return 0
 
 
