@@ -42,8 +42,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(cfg, config_path=Path(args.config)).run_forever()
 
 
+def preflight(cfg: StationConfig) -> list[str]:
+    """What would stop ``inspector run`` on this machine although the file itself is valid."""
+    problems = []
+    det = cfg.detector
+    if det.backend in ("onnxruntime", "tensorrt") and det.artifact and not (det.artifact / "metadata.json").is_file():
+        problems.append(f"detector.artifact: no metadata.json in {det.artifact}")
+    if det.backend == "torch" and det.artifact and not det.artifact.is_file():
+        problems.append(f"detector.artifact: checkpoint {det.artifact} not found")
+    for i, cam in enumerate(cfg.cameras):
+        if not cam.drop_folder.is_dir():
+            problems.append(f"cameras.{i}.drop_folder: {cam.drop_folder} does not exist yet (created at start)")
+    return problems
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args.file)
+    problems = preflight(cfg)
+    for problem in problems:
+        print(f"{args.file}: warning: {problem}", file=sys.stderr)
+    if problems and args.strict:
+        return 2
     cams = ", ".join(f"{c.id} ({c.observer}: {c.drop_folder})" for c in cfg.cameras)
     print(f"{args.file}: OK - station '{cfg.station}', backend {cfg.detector.backend}, cameras: {cams}, "
           f"database {cfg.db_url.split('@')[-1]}")
@@ -189,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a station YAML without starting anything")
     p.add_argument("file")
+    p.add_argument("--strict", action="store_true",
+                   help="also fail (exit 2) when the artifact or a drop folder is missing on this machine")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("templates", help="template store")

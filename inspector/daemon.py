@@ -35,7 +35,7 @@ from inspector.ingest import FrameJob, FrameQueue
 from inspector.logging_json import log_fields
 from inspector.metrics import InspectorMetrics, MetricsServer
 from inspector.pipeline import FrameOutcome, Pipeline
-from inspector.reconcile import reconcile
+from inspector.reconcile import reconcile, scan_drop_folder
 from inspector.sdnotify import PipelineSnapshot, ProgressMonitor, SdNotifier, WatchdogPinger, watchdog_interval
 from inspector.storage import purge_older_than
 from inspector.supervisor import (Backoff, DetectorTimeout, InspectionUnavailable, RestartBudget, StationHealth,
@@ -402,6 +402,18 @@ class Daemon:
                     w._pending for w in self.watchers.values()):
                 return True
             time.sleep(0.01)
+        return False
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Process everything now in the drop folders (events still in flight included) and wait for it: for
+        a shutdown after a known last write (demo, benchmark). True when the folders are empty and all done."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.wait_idle(max(0.0, deadline - time.monotonic())) and not any(
+                    scan_drop_folder(cam) for cam in self.cfg.cameras):
+                return True
+            self.reconcile_all(min_age_s=0.0)
+            time.sleep(0.05)
         return False
 
     def health_summary(self) -> dict[str, object]:

@@ -148,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         feeder.stop_event.set()
         feeder.join(5)
-        daemon.wait_idle(15)
+        daemon.drain(30)
         time.sleep(0.3)  # let the tail receive the last alarms
         stop.set()
         tail_thread.join(5)

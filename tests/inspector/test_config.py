@@ -74,7 +74,15 @@ def test_alarm_rules_pick_the_highest_severity(make_config):
 def test_check_config_cli_exit_codes(tmp_path, capsys):
     good = write(tmp_path, "station: s\ncameras: [{id: c, drop_folder: d}]\n")
     assert main(["check-config", str(good)]) == 0
-    assert "OK" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "OK" in out.out and "cameras.0.drop_folder" in out.err  # a warning only
+    assert main(["check-config", "--strict", str(good)]) == 2
+    (tmp_path / "d").mkdir()
+    assert main(["check-config", "--strict", str(good)]) == 0
+    art = write(tmp_path, "station: s\ndetector: {backend: onnxruntime, artifact: nowhere}\n"
+                          "cameras: [{id: c, drop_folder: d}]\n")
+    assert main(["check-config", "--strict", str(art)]) == 2
+    assert "detector.artifact: no metadata.json" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text("station: s\ncamera: []\n")
     assert main(["check-config", str(bad)]) == 2
