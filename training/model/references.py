@@ -110,9 +110,9 @@ def ptg_loss(features: Sequence[Tensor], pseudo_templates: Sequence[Tensor], is_
     mask = is_normal.to(device=features[0].device, dtype=torch.bool).flatten()
     if mask.numel() != features[0].shape[0]:
         raise ValueError(f"ptg_loss: is_normal has {mask.numel()} entries for a batch of {features[0].shape[0]}")
-    count = mask.sum().clamp(min=1).to(features[0].dtype)
-    total = features[0].new_zeros(())
+    count = mask.sum().clamp(min=1).to(torch.float32)
+    total = features[0].new_zeros((), dtype=torch.float32)
     for target, generated in zip(features, pseudo_templates):
-        per_sample = (generated - target.detach()).pow(2).flatten(1).mean(dim=1)
+        per_sample = (generated.float() - target.detach().float()).pow(2).flatten(1).mean(dim=1)  # fp16 overflows
         total = total + torch.where(mask, per_sample, torch.zeros_like(per_sample)).sum() / count
     return total

@@ -73,8 +73,9 @@ class RoIHeadStage(nn.Module):
         return region, logits, deltas
 
     def decode(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        """Class-specific boxes [R, C+1, 4] from deltas [R, 4 (C+1)] applied to ``boxes`` [R, 4]."""
-        return self.box_coder.decode_single(deltas, boxes).view(boxes.shape[0], -1, 4)
+        """Class-specific boxes [R, C+1, 4] from deltas [R, 4 (C+1)] applied to ``boxes`` [R, 4]; always float32
+        (under autocast the deltas are fp16, which is too coarse for pixel coordinates of large images)."""
+        return self.box_coder.decode_single(deltas.float(), boxes.float()).view(boxes.shape[0], -1, 4)
 
 
 def clip_boxes(boxes: Tensor, sizes: Tensor) -> Tensor:
@@ -153,9 +154,9 @@ class RoIHeads(nn.Module):
     @staticmethod
     def stage_losses(logits: Tensor, deltas: Tensor, labels: Tensor, regression_targets: Tensor) -> tuple[Tensor, Tensor]:
         """Softmax CE over all sampled RoIs; smooth-L1 on the GT class's deltas of positives, / number sampled."""
-        loss_cls = F.cross_entropy(logits, labels)
+        loss_cls = F.cross_entropy(logits.float(), labels)
         pos = torch.where(labels > 0)[0]
-        deltas = deltas.view(deltas.shape[0], -1, 4)[pos, labels[pos]]
+        deltas = deltas.float().view(deltas.shape[0], -1, 4)[pos, labels[pos]]
         loss_box = F.smooth_l1_loss(deltas, regression_targets[pos], beta=SMOOTH_L1_BETA, reduction="sum")
         return loss_cls, loss_box / max(labels.numel(), 1)
 
@@ -172,7 +173,7 @@ class RoIHeads(nn.Module):
         targets: Sequence[dict[str, Tensor]],
     ) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
-        boxes = [p.detach() for p in proposals]
+        boxes = [p.detach().float() for p in proposals]
         for index, stage in enumerate(self.stages):
             sampled = self.sample_proposals(boxes, targets, stage)
             rois = to_rois(sampled.boxes)
@@ -201,13 +202,13 @@ class RoIHeads(nn.Module):
     ) -> list[dict[str, Tensor]]:
         """Detections per image; ``template_features`` given -> TR-Post rescoring with the last stage's F_I/F_T."""
         counts = [p.shape[0] for p in proposals]
-        rois = to_rois(proposals)
+        rois = to_rois([p.float() for p in proposals])
         roi_sizes = image_sizes[rois[:, 0].long()]
         stage_scores = []
         region = deltas = None
         for index, stage in enumerate(self.stages):
             region, logits, deltas = stage(self.pooler(features, rois, image_sizes))
-            probs = F.softmax(logits, dim=1)
+            probs = F.softmax(logits.float(), dim=1)
             stage_scores.append(probs)
             if index + 1 < len(self.stages):
                 classes = probs[:, 1:].argmax(dim=1) + 1

@@ -12,7 +12,8 @@ from torch import Tensor
 
 def region_cosine(image_features: Tensor, template_features: Tensor) -> Tensor:
     """cos<F_I, F_T> per region, eq. (11), clamped to [0, 1]; an all-zero feature gives 0 (no evidence)."""
-    return F.cosine_similarity(image_features, template_features, dim=1, eps=1e-8).clamp(min=0.0, max=1.0)
+    cos = F.cosine_similarity(image_features.float(), template_features.float(), dim=1, eps=1e-8)
+    return cos.clamp(min=0.0, max=1.0)
 
 
 def tr_post_scores(scores: Tensor, image_features: Tensor, template_features: Tensor) -> Tensor:
