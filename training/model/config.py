@@ -48,6 +48,7 @@ class RPNConfig(StrictModel):
     batch_size_per_image: int = 256
     positive_fraction: float = 0.5
     nms_thresh: float = 0.7
+    # pre_nms_top_n_*: per FPN level (torchvision's RPN); post_nms_top_n_*: per image, after NMS over all levels
     pre_nms_top_n_train: int = 20000
     post_nms_top_n_train: int = 2000
     pre_nms_top_n_test: int = 1000
