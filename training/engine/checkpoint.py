@@ -110,7 +110,8 @@ def load_model_from_checkpoint(path: str | Path, map_location: str | torch.devic
     from training.model import build_model
 
     payload = load_checkpoint(path, map_location=map_location)
-    model = build_model(model_config_from_checkpoint(payload))
+    # the checkpoint holds every weight: pretrained files named in its config need not exist here
+    model = build_model(model_config_from_checkpoint(payload), load_pretrained=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
