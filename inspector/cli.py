@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -39,7 +40,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     cfg = _load(args.config)
-    return Daemon(cfg, config_path=Path(args.config)).run_forever()
+    try:
+        return Daemon(cfg, config_path=Path(args.config)).run_forever()
+    except (OSError, RuntimeError, ValueError) as exc:  # artifact missing, port taken, DB unreachable, ...
+        logging.getLogger("inspector.daemon").error("inspection failed to start", extra={"fields": {
+            "config": args.config, "error": f"{type(exc).__name__}: {exc}"}})
+        print(f"error: {args.config}: inspection failed to start: {exc}", file=sys.stderr)
+        return 1
 
 
 def preflight(cfg: StationConfig) -> list[str]:

@@ -107,7 +107,36 @@ class Daemon:
     # -- start ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Migrate the DB, register station/cameras/model, open a bus session (birth), start the worker and
-        watchers, then reconcile the drop folders (frames that arrived while we were down)."""
+        watchers, then reconcile the drop folders (frames that arrived while we were down). A failure on the way
+        releases what was already opened and re-raises (the message names what failed)."""
+        try:
+            self._start()
+        except BaseException:
+            self._abort_start()
+            raise
+
+    def _abort_start(self) -> None:
+        self._stop_watchers()
+        self._stop_supervisor.set()
+        self._stop_worker.set()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(5.0)
+        for name in ("bus", "backend"):
+            part = getattr(self, name, None)
+            try:
+                if part is not None:
+                    part.stop() if name == "bus" else part.close()
+            except Exception:  # noqa: BLE001 - best effort: the original error is what matters
+                log.exception("cleanup after failed start", **log_fields(part=name))
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+        if getattr(self, "engine", None) is not None:
+            self.engine.dispose()
+        self.state = HealthState.STOPPED
+
+    def _start(self) -> None:
         self.state = HealthState.STARTING
         cfg = self.cfg
         for name in ("processed", "quarantine", "annotated", "templates"):
@@ -172,7 +201,7 @@ class Daemon:
 
         return SupervisedDetector(factory, sup.detect_timeout_s, RestartBudget(sup.max_restarts, sup.restart_window_s),
                                   load_timeout_s=sup.load_timeout_s, max_consecutive_errors=sup.max_consecutive_errors,
-                                  on_state=on_state, on_event=on_event)
+                                  on_state=on_state, on_event=on_event, concurrency=cfg.workers)
 
     def _on_health_change(self, state: str, problems: dict[str, str]) -> None:
         """Tell the line at once: ``status.<station>.degraded`` (inspection unavailable) / ``.healthy``."""
@@ -446,10 +475,15 @@ class Daemon:
     def run_forever(self) -> int:
         """``inspector run``: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads config and templates."""
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
-        self.start()
+        handlers = {signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: lambda *_: stop.set(),
+                    signal.SIGHUP: lambda *_: self.request_reload()}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        try:
+            self.start()
+        except BaseException:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            raise
         # READY=1 only now: model loaded, DB migrated, bus bound, watchers running. WATCHDOG=1 only while frames
         # move (or nothing waits) and observers/worker are alive; STATUS= carries counts and queue depth.
         self.notifier.ready(status=self.status_line())
@@ -464,4 +498,6 @@ class Daemon:
             self.notifier.stopping(status="stopping: finishing the frame in flight")
             self.stop()
             self.notifier.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return 0

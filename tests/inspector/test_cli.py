@@ -3,6 +3,7 @@ SIGHUP reload, SIGTERM -> death message and exit 0)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -105,3 +106,27 @@ def test_run_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(write_config
 
     assert main(["alarms", "tail", "--config", str(path), "--after", "0", "--duration", "0.5"]) == 0
     capsys.readouterr()  # daemon is down: nothing to tail, and no hang
+
+
+def test_start_failure_names_the_endpoint_and_releases_everything(write_config, start_daemon, capsys):
+    from inspector.config import load_station_config
+    from inspector.daemon import Daemon, HealthState
+
+    pub, rep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    path = write_config(bus={"publish": pub, "replay": rep})
+    start_daemon(load_station_config(path))  # holds the ports
+    second = Daemon(load_station_config(path))
+    try:
+        second.start()
+        raise AssertionError("a second daemon on the same ports must not start")
+    except RuntimeError as exc:
+        assert pub in str(exc)
+    assert second.state == HealthState.STOPPED and second.watchers == {}
+    logger = logging.getLogger("inspector")
+    handlers, propagate, sigterm = list(logger.handlers), logger.propagate, signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(["run", "--config", str(path)])
+    finally:
+        logger.handlers[:], logger.propagate = handlers, propagate
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # handlers restored after the failed start
+    assert code == 1 and "inspection failed to start" in capsys.readouterr().err
