@@ -49,13 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Compile; returns a process exit status (0 ok, 2 bad input). Errors name the file or option at fault."""
+    """Compile; returns a process exit status (0 ok, 2 bad input, 1 self-check failed). Errors name the file or
+    option at fault."""
     try:
         options = CompileOptions.from_args(args)
     except ValueError as exc:
         print(f"rddn compile: {exc}", file=sys.stderr)
         return 2
-    metadata = compile_artifact(options)
+    try:
+        metadata = compile_artifact(options)
+    except (ValueError, FileNotFoundError) as exc:  # unreadable checkpoint, weights not matching their config ...
+        print(f"rddn compile: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # the exported graph disagrees with PyTorch: never ship it silently
+        print(f"rddn compile: {exc}", file=sys.stderr)
+        return 1
     print(f"artifact written: {options.out} ({metadata.model_file}, target={metadata.target}, "
           f"precision={metadata.precision}, input {metadata.preprocessing.input_height}x"
           f"{metadata.preprocessing.input_width})")

@@ -134,6 +134,14 @@ def test_missing_checkpoint_names_the_file(tmp_path: Path, capsys) -> None:
     assert str(missing) in capsys.readouterr().err
 
 
+def test_corrupt_checkpoint_exits_2_naming_the_file(tmp_path: Path, capsys) -> None:
+    ckpt = tmp_path / "broken.pt"
+    ckpt.write_bytes(b"definitely not a torch checkpoint")
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "rddn compile:" in err and str(ckpt) in err
+
+
 def test_input_size_from_train_config() -> None:
     assert cc.input_size_from_train_config({"data": {"input_size": 512}}) == (512, 512)
     assert cc.input_size_from_train_config({"data": {"image_size": [480, 640]}}) == (480, 640)
