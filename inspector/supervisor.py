@@ -137,6 +137,36 @@ class _Worker:
         return self._thread.is_alive()
 
 
+class _Crew:
+    """The worker threads of one backend instance: one for thread-affine backends (a CUDA context lives on one
+    thread), ``size`` for backends that declare ``thread_safe`` (the daemon analyses frames concurrently)."""
+
+    def __init__(self, first: _Worker, size: int, generation: int) -> None:
+        self.first = first
+        self.workers = [first] + [_Worker(name=f"detector-{generation}.{i}") for i in range(1, size)]
+        self._idle: queue.Queue[_Worker | None] = queue.Queue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        self.retired = False
+
+    def acquire(self) -> _Worker | None:
+        """An idle worker, waiting for one if all are busy; None once the crew is retired."""
+        worker = self._idle.get()
+        if worker is None:
+            self._idle.put(None)  # pass the wake-up on to the next waiter
+        return worker
+
+    def release(self, worker: _Worker) -> None:
+        if not self.retired:
+            self._idle.put(worker)
+
+    def retire(self) -> None:
+        self.retired = True
+        for worker in self.workers:
+            worker.retire()
+        self._idle.put(None)
+
+
 StateCallback = Callable[[str, str], None]  # (state, reason)
 
 
@@ -145,6 +175,7 @@ class SupervisedDetector:
 
     ``max_consecutive_errors`` exceptions in a row (not one bad frame) also count as a broken backend and
     trigger a restart. ``on_state(state, reason)`` is called on every healthy<->degraded transition.
+    ``concurrency``: how many inferences may run at once on a backend that declares ``thread_safe``.
     """
 
     def __init__(
@@ -156,6 +187,7 @@ class SupervisedDetector:
         max_consecutive_errors: int = 3,
         on_state: StateCallback | None = None,
         on_event: Callable[[str], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         if timeout_s <= 0 or load_timeout_s <= 0:
             raise ValueError(f"timeouts must be > 0, got timeout_s={timeout_s}, load_timeout_s={load_timeout_s}")
@@ -166,8 +198,9 @@ class SupervisedDetector:
         self.max_consecutive_errors = max_consecutive_errors
         self._on_state = on_state
         self._on_event = on_event  # metrics hook: "timeout", "exception", "restart"
-        self._lock = threading.Lock()
-        self._worker: _Worker | None = None
+        self.concurrency = max(1, concurrency)
+        self._lock = threading.Lock()  # guards backend/crew swaps and the state, never held during inference
+        self._crew: _Crew | None = None
         self._backend: DetectorBackend | None = None
         self._generation = 0
         self._errors_in_row = 0
@@ -188,26 +221,38 @@ class SupervisedDetector:
     def detect(
         self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]
     ) -> list[list[Detection]]:
+        while True:
+            with self._lock:
+                if self._backend is None:
+                    self._restart_locked()
+                crew, backend = self._crew, self._backend
+            assert crew is not None and backend is not None
+            worker = crew.acquire()
+            if worker is not None:
+                break  # else: that backend was dropped while we waited; take the new one
+        try:
+            result = worker.call(lambda: backend.detect(images, templates), self.timeout_s)
+        except TimeoutError:
+            self._emit("timeout")
+            with self._lock:
+                if self._crew is crew:
+                    self._abandon_locked(f"inference hung for more than {self.timeout_s:g}s")
+            raise DetectorTimeout(f"detector did not answer within {self.timeout_s:g}s") from None
+        except Exception:
+            crew.release(worker)
+            self._emit("exception")
+            with self._lock:
+                if self._crew is crew:
+                    self._errors_in_row += 1
+                    if self._errors_in_row >= self.max_consecutive_errors:
+                        self._abandon_locked(f"{self._errors_in_row} detector errors in a row")
+            raise
+        crew.release(worker)
         with self._lock:
-            if self._backend is None:
-                self._restart_locked()
-            worker, backend = self._worker, self._backend
-            assert worker is not None and backend is not None
-            try:
-                result = worker.call(lambda: backend.detect(images, templates), self.timeout_s)
-            except TimeoutError:
-                self._emit("timeout")
-                self._abandon_locked(f"inference hung for more than {self.timeout_s:g}s")
-                raise DetectorTimeout(f"detector did not answer within {self.timeout_s:g}s") from None
-            except Exception:
-                self._emit("exception")
-                self._errors_in_row += 1
-                if self._errors_in_row >= self.max_consecutive_errors:
-                    self._abandon_locked(f"{self._errors_in_row} detector errors in a row")
-                raise
-            self._errors_in_row = 0
-            self._set_state(HEALTHY, "inference answered")
-            return result
+            if self._crew is crew:
+                self._errors_in_row = 0
+                self._set_state(HEALTHY, "inference answered")
+        return result
 
     def close(self) -> None:
         with self._lock:
@@ -266,7 +311,8 @@ class SupervisedDetector:
                 raise
             self._set_state(DEGRADED, f"backend failed to load: {exc}")
             raise InspectionUnavailable(self.reason) from exc
-        self._worker, self._backend = worker, backend
+        size = self.concurrency if getattr(backend, "thread_safe", False) else 1
+        self._crew, self._backend = _Crew(worker, size, self._generation), backend
         self._errors_in_row = 0
 
     def _restart_locked(self) -> None:
@@ -285,18 +331,18 @@ class SupervisedDetector:
 
     def _drop_backend(self, wait: bool) -> None:
         """Close the backend on its own worker (a hung worker never runs it; the close is then skipped)."""
-        worker, backend = self._worker, self._backend
-        self._worker, self._backend = None, None
-        if worker is None or backend is None:
+        crew, backend = self._crew, self._backend
+        self._crew, self._backend = None, None
+        if crew is None or backend is None:
             return
         if wait:
             try:
-                worker.call(backend.close, 10.0)
+                crew.first.call(backend.close, 10.0)
             except Exception:  # noqa: BLE001
                 log.exception("detector close failed")
         else:
-            worker.post(backend.close)
-        worker.retire()
+            crew.first.post(backend.close)
+        crew.retire()
 
 
 class Backoff:

@@ -200,3 +200,71 @@ def test_station_health_aggregates_components() -> None:
         (HEALTHY, {}),
     ]
     assert health.as_dict() == {"state": HEALTHY, "problems": {}}
+
+
+class _ConcurrencyProbe(GatedBackend):
+    """Records how many detect calls overlap; ``thread_safe`` decides whether the supervisor may overlap them."""
+
+    def __init__(self, gate: threading.Event, thread_safe: bool) -> None:
+        super().__init__(gate)
+        self.thread_safe = thread_safe
+        self.inside = 0
+        self.max_inside = 0
+        self._count_lock = threading.Lock()
+
+    def detect(self, images, templates):  # type: ignore[override]
+        with self._count_lock:
+            self.inside += 1
+            self.max_inside = max(self.max_inside, self.inside)
+        try:
+            time.sleep(0.05)
+            return super().detect(images, templates)
+        finally:
+            with self._count_lock:
+                self.inside -= 1
+
+
+@pytest.mark.parametrize("thread_safe, expected", [(True, 3), (False, 1)])
+def test_thread_safe_backends_run_concurrently_others_one_at_a_time(thread_safe: bool, expected: int) -> None:
+    gate = threading.Event()
+    gate.set()
+    sup = SupervisedDetector(lambda: _ConcurrencyProbe(gate, thread_safe), timeout_s=5.0,
+                             budget=RestartBudget(1, 60), concurrency=3)
+    results: list[int] = []
+    callers = [threading.Thread(target=lambda: results.append(len(sup.detect([_frame()], [None])[0])))
+               for _ in range(6)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(10)
+    probe = GatedBackend.instances[0]
+    assert results == [1] * 6
+    assert probe.max_inside == expected  # type: ignore[attr-defined]
+    sup.close()
+
+
+def test_concurrent_callers_survive_a_hang_of_a_shared_backend() -> None:
+    """Three callers on a thread-safe backend that hangs: all get DetectorTimeout, one restart, then it works."""
+    gates = [threading.Event(), threading.Event()]
+    gates[1].set()
+    built = iter(gates)
+    sup = SupervisedDetector(lambda: _ConcurrencyProbe(next(built), True), timeout_s=0.2,
+                             budget=RestartBudget(1, 60), concurrency=3)
+    errors: list[str] = []
+
+    def call() -> None:
+        try:
+            sup.detect([_frame()], [None])
+        except DetectorTimeout:
+            errors.append("timeout")
+
+    callers = [threading.Thread(target=call) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(10)
+    assert errors == ["timeout"] * 3 and sup.state == DEGRADED
+    assert sup.detect([_frame()], [None])[0][0].label == "bright"
+    assert sup.restarts == 1 and sup.state == HEALTHY
+    gates[0].set()
+    sup.close()
