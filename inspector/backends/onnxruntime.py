@@ -30,8 +30,10 @@ class OnnxRuntimeBackend:
         if verify_hash and sha256_file(model_path) != self.metadata.model_sha256:
             raise ValueError(f"{model_path}: sha256 does not match metadata.json model_sha256 (corrupt or swapped file)")
         self.class_names = tuple(self.metadata.class_names)
+        # A graph with TR-Post compiled in rescores p * (1 - cos(F_I, F_T)): fed without a real template it would
+        # score every detection ~0, so for the daemon such a model needs templates like a TR-Pre/Inter one.
         self.uses_template = self.metadata.needs_template or self.metadata.tr_post
-        self.needs_template = self.metadata.needs_template
+        self.needs_template = self.uses_template
         self.model_sha256 = self.metadata.model_sha256
         self.precision = self.metadata.precision
         options = ort.SessionOptions()
@@ -57,9 +59,7 @@ class OnnxRuntimeBackend:
         feeds = {"image": self._prepare(images)}
         if self.uses_template:
             if any(t is None for t in templates):
-                if self.needs_template:
-                    raise ValueError("this model needs a template for every frame")
-                templates = [t if t is not None else img for t, img in zip(templates, images)]  # TR-Post off
+                raise ValueError("this model needs a template for every frame")
             feeds["template"] = self._prepare(templates)  # type: ignore[arg-type]
         boxes, scores, labels, counts = self.session.run(["boxes", "scores", "labels", "num_detections"], feeds)
         w, h = self._size

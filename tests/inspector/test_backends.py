@@ -92,3 +92,14 @@ def test_torch_checkpoint_backend_runs_a_tiny_rddn(tmp_path):
         assert 0 <= d.box[0] <= d.box[2] <= 70 and 0 <= d.box[1] <= d.box[3] <= 50  # clipped to the frame
     with pytest.raises(ValueError, match="needs a template"):
         backend.detect([image], [None])
+
+
+def test_tr_post_artifact_needs_templates_in_the_daemon(tmp_path, tiny_artifact):
+    """TR-Post compiled in: without a real template every score would collapse, so the frame must wait for (or
+    be quarantined without) a template rather than run blind."""
+    art = tiny_artifact(tmp_path / "trpost", with_template=True)
+    ArtifactMetadata.load(art).model_copy(update={"needs_template": False, "tr_post": True}).save(art)
+    backend = load_backend("onnxruntime", art)
+    assert backend.needs_template
+    with pytest.raises(ValueError, match="needs a template"):
+        backend.detect([np.zeros((32, 32, 3), np.uint8)], [None])
