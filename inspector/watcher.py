@@ -1,7 +1,8 @@
 """Drop-folder watching with watchdog: a frame is offered only once it is completely written.
 
 - inotify (local disks): ``FileClosedEvent`` = close after write; ``FileMovedEvent`` = a writer's temp name
-  renamed to the final one. Created/modified events are ignored (the file may still be growing).
+  renamed to the final one. A created file with no close event (renamed in from another directory, hard-linked)
+  is taken once its size and mtime have been stable for ``INOTIFY_CREATED_GRACE_S``.
 - polling (network shares, where inotify sees nothing): created/modified paths wait in ``pending`` until their
   size and mtime have been unchanged for ``stable_s``.
 Temp names and other extensions are ignored (``naming.is_candidate``). A handler exception is logged and counted,
@@ -39,6 +40,7 @@ def _install_noise_filter() -> None:
     if not any(isinstance(f, _BenignStopNoise) for f in emitter_log.filters):
         emitter_log.addFilter(_BenignStopNoise())
 Submit = Callable[[str, Path, str], object]  # (camera id, path, source)
+INOTIFY_CREATED_GRACE_S = 2.0
 
 
 class _Handler(FileSystemEventHandler):
@@ -62,7 +64,9 @@ class _Handler(FileSystemEventHandler):
             self.watcher.complete(Path(str(event.dest_path)), "event")
 
     def on_created(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and self.watcher.polling:
+        # inotify too: a file renamed in from another directory, or hard-linked, is only ever "created" (no
+        # close event follows); it waits in ``pending`` and is taken once stable, or at once if a close comes.
+        if not event.is_directory:
             self.watcher.maybe_growing(Path(str(event.src_path)))
 
     def on_modified(self, event: FileSystemEvent) -> None:
@@ -92,9 +96,8 @@ class CameraWatcher:
         self._folder_id = self._current_folder_id()
         self._stop.clear()
         self._start_observer()
-        if self.polling:
-            self._checker = threading.Thread(target=self._stability_loop, name=f"stable-{self.camera.id}", daemon=True)
-            self._checker.start()
+        self._checker = threading.Thread(target=self._stability_loop, name=f"stable-{self.camera.id}", daemon=True)
+        self._checker.start()
 
     def _start_observer(self) -> None:
         observer = (PollingObserver(timeout=self.camera.poll_interval_s) if self.polling else Observer())
@@ -124,7 +127,7 @@ class CameraWatcher:
         """The observer threads run *and* still watch the folder: an inotify watch dies silently with its
         directory (deleted, or deleted and recreated: a new inode), while the observer thread lives on."""
         observer_ok = self._observer is not None and self._observer.is_alive()
-        checker_ok = (not self.polling) or (self._checker is not None and self._checker.is_alive())
+        checker_ok = self._checker is not None and self._checker.is_alive()
         folder_ok = self._folder_id is not None and self._current_folder_id() == self._folder_id
         return observer_ok and checker_ok and folder_ok
 
@@ -160,8 +163,15 @@ class CameraWatcher:
             if old is None or old[:2] != (st.st_size, st.st_mtime):
                 self._pending[path] = (st.st_size, st.st_mtime, time.monotonic())
 
+    @property
+    def stable_after_s(self) -> float:
+        """Unchanged this long -> complete. With inotify only files that got no close event wait here (moved in
+        from elsewhere, hard-linked), so a longer grace costs nothing on the normal path and protects a writer
+        that pauses mid-file."""
+        return self.camera.stable_s if self.polling else max(self.camera.stable_s, INOTIFY_CREATED_GRACE_S)
+
     def _stability_loop(self) -> None:
-        period = max(0.05, min(self.camera.poll_interval_s, self.camera.stable_s / 2 or 0.05))
+        period = max(0.05, min(self.camera.poll_interval_s, self.stable_after_s / 2 or 0.05))
         while not self._stop.wait(period):
             try:
                 self.check_stable()
@@ -181,8 +191,8 @@ class CameraWatcher:
                     continue
                 if (st.st_size, st.st_mtime) != (size, mtime):
                     self._pending[path] = (st.st_size, st.st_mtime, now)
-                elif now - since >= self.camera.stable_s:
+                elif now - since >= self.stable_after_s:
                     ready.append(path)
                     del self._pending[path]
         for path in ready:
-            self.submit(self.camera.id, path, "poll")
+            self.submit(self.camera.id, path, "poll" if self.polling else "created")

@@ -65,14 +65,14 @@ def test_dead_observer_is_restarted_and_lost_events_are_reconciled(make_config, 
     wait(lambda: watcher.restarts == 1 and watcher.is_alive())
     assert daemon.health()["errors"]["observer_restarts"] == 1 and daemon.state == HealthState.DEGRADED
     frames.drop(cfg.cameras[0].drop_folder, "P01_afterrestart.jpg", 1)
-    # a hard link makes no close/move event: only the periodic reconcile can find it
-    outside = cfg.state_dir / "outside.jpg"
-    outside.write_bytes(frames.jpeg(0, False)[0])
-    os.link(outside, cfg.cameras[0].drop_folder / "P00_linked.jpg")
+    # events lost while the observer is down: the restarted observer or the periodic reconcile finds the frame
+    watcher._observer.stop()
+    watcher._observer.join(5)
+    frames.drop(cfg.cameras[0].drop_folder, "P00_unseen.jpg", 0)
     wait(lambda: len(statuses(daemon)) == 2, timeout=15)
     with daemon.factory() as db:
         reasons = {f.name: f.reason for f in db.scalars(select(Frame))}
-    assert statuses(daemon) == {"P01_afterrestart.jpg": "ok", "P00_linked.jpg": "ok"}, reasons
+    assert statuses(daemon) == {"P01_afterrestart.jpg": "ok", "P00_unseen.jpg": "ok"}, reasons
 
 
 def test_reload_applies_new_thresholds_and_rejects_bad_config(write_config, start_daemon, frames, wait):
@@ -94,3 +94,16 @@ def test_reload_applies_new_thresholds_and_rejects_bad_config(write_config, star
     path.write_text("station: teststation\nthresholds: {defualt: 0.1}\n")
     assert daemon.reload() is False and daemon.errors["reload"] == 1
     assert daemon.cfg.thresholds.default == 1.0  # running config kept
+
+
+def test_files_moved_in_from_elsewhere_or_linked_are_taken(make_config, start_daemon, frames, wait):
+    """A rename from another directory (or a hard link) only makes a "created" event, no close."""
+    cfg = make_config(reconcile_interval_s=600)  # so only the watcher can find them
+    daemon = start_daemon(cfg)
+    staging = cfg.state_dir / "staging"
+    frames.drop(staging, "P00_moved.jpg", 0)
+    frames.drop(staging, "P01_linked.jpg", 1)
+    os.rename(staging / "P00_moved.jpg", cfg.cameras[0].drop_folder / "P00_moved.jpg")
+    os.link(staging / "P01_linked.jpg", cfg.cameras[0].drop_folder / "P01_linked.jpg")
+    wait(lambda: len(statuses(daemon)) == 2, timeout=8)  # the grace period, not the 30 s reconcile
+    assert statuses(daemon) == {"P00_moved.jpg": "ok", "P01_linked.jpg": "ok"}
