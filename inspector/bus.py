@@ -224,15 +224,13 @@ class AlarmBus:
                 frames = router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            identity, request = frames[0], frames[-1]
-            envelope = frames[:-1]  # identity (+ empty delimiter for REQ clients)
+            request, envelope = frames[-1], frames[:-1]  # envelope: identity (+ empty delimiter for REQ)
             self.replay_requests += 1
             try:
                 header, payloads = self.replay(json.loads(request))
             except Exception as exc:  # noqa: BLE001 - a bad request gets an error reply, not a dead bus
                 header, payloads = {"schema": SCHEMA_VERSION, "type": "error", "error": str(exc)}, []
             router.send_multipart([*envelope, json.dumps(header).encode(), *[p.encode() for p in payloads]])
-            del identity
 
     def replay(self, request: dict[str, object]) -> tuple[dict[str, object], list[str]]:
         """Alarms of ``session`` (default: this one) with seq > ``after``, oldest first, at most REPLAY_LIMIT."""

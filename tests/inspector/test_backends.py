@@ -3,7 +3,6 @@ the artifact I/O contract (engines/artifact.py), and the torch checkpoint backen
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest

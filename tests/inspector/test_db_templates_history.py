@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from inspector.db import Base, Camera, DetectionRow, Frame, make_engine, make_session_factory, upgrade_database
+from inspector.db import Base, DetectionRow, Frame, make_engine, upgrade_database
 from inspector.db.records import ensure_station, open_station_database
 from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
                                summary_per_day)

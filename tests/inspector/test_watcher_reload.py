@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from pathlib import Path
 
-import yaml
 from sqlalchemy import select
 
 from inspector.config import CameraConfig
