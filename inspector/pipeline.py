@@ -131,6 +131,7 @@ def is_complete_image(data: bytes, suffix: str) -> bool:
 # A frame's pixel budget. A few KB of PNG can declare 20000x20000 (a decompression bomb: 1.2 GB decoded); on a
 # small line PC that is an OOM kill, a restart, and the same file again: a crash loop. Checked from the header.
 MAX_FRAME_PIXELS = 100_000_000
+MAX_DETECTOR_TIMEOUTS = 2  # a frame that hangs the detector this often (fresh backend each time) is quarantined
 
 
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
@@ -185,6 +186,12 @@ class Pipeline:
         self.stage_hooks: list[StageHook] = []
         self.frame_hooks: list[FrameHook] = []
         self.counts: Counter[str] = Counter()
+        # Detector hangs per frame (content hash) -> (strikes, detector successes at the last hang). A hang only
+        # counts against a frame when the detector answered other frames since its previous hang: then the frame
+        # is the cause, not the victim of a stalled runtime, and after MAX_DETECTOR_TIMEOUTS it is quarantined
+        # instead of hanging the line forever.
+        self.detector_timeouts: dict[str, tuple[int, int]] = {}
+        self.detector_successes = 0
         self._lock = threading.Lock()  # serialises commit(): gap-free sequence in commit order
         self._detect_lock = threading.Lock()  # for backends that are not ``thread_safe``
         self.configure(cfg)
@@ -259,10 +266,23 @@ class Pipeline:
                 with self._detect_lock:
                     a.detections = self.backend.detect([a.image], [a.template])[0]
             a.t_result = laps.lap("detect")
+            self.detector_successes += 1
+            self.detector_timeouts.pop(a.digest, None)
         except Quarantine as q:
             a.kind, a.q_kind, a.q_message = "quarantine", q.kind, q.message
-        except (DetectorTimeout, InspectionUnavailable):
-            raise  # the frame is fine, the detector is not: the daemon keeps it and retries (never quarantine)
+        except DetectorTimeout:
+            strikes, seen = self.detector_timeouts.get(a.digest, (0, -1))
+            if seen < self.detector_successes:  # first hang, or the detector worked for others since the last one
+                strikes += 1
+            self.detector_timeouts[a.digest] = (strikes, self.detector_successes)
+            if strikes < MAX_DETECTOR_TIMEOUTS:
+                raise  # probably the detector, not the frame: the daemon keeps the frame and retries it
+            del self.detector_timeouts[a.digest]
+            a.kind, a.q_kind = "quarantine", "detector_timeout"
+            a.q_message = (f"the detector hung on this frame {strikes} times while answering other frames "
+                           "(backend restarted in between)")
+        except InspectionUnavailable:
+            raise  # no detector right now: the frame is fine; the daemon keeps it and retries (never quarantine)
         except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
             log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
             a.kind, a.q_kind, a.q_message = "quarantine", "error", f"processing error: {type(exc).__name__}: {exc}"

@@ -1,6 +1,7 @@
 """Helper process for the watchdog/supervision tests (not a test module): the real daemon, run exactly as
 ``inspector run`` runs it (``Daemon.run_forever``), with a real difference backend whose ``detect`` blocks while
-a gate file exists: it hangs the way a stalled GPU runtime does, and resumes when the file is removed.
+a gate file exists: it hangs the way a stalled GPU runtime does, and resumes when the file is removed. A frame
+whose first pixel is POISON hangs it for good (a frame that wedges the runtime every time).
 
 Usage: python gated_daemon.py GATE_FILE CONFIG
 """
@@ -20,13 +21,17 @@ from inspector.daemon import Daemon
 from inspector.logging_json import configure_logging
 
 
+POISON = (1, 2, 3)
+
+
 class GatedDifferenceBackend(DifferenceBackend):
     def __init__(self, gate: Path) -> None:
         super().__init__()
         self.gate = gate
 
     def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
-        while self.gate.exists():
+        poisoned = any(tuple(int(v) for v in img[0, 0]) == POISON for img in images)
+        while self.gate.exists() or poisoned:
             time.sleep(0.01)
         return super().detect(images, templates)
 

@@ -127,3 +127,26 @@ def test_hanging_detector_degrades_withholds_watchdog_and_recovers(station, bus_
         assert st.stop() == 0
     finally:
         rx.close()
+
+
+def test_frame_that_always_hangs_the_detector_is_quarantined(station, bus_listener, tmp_path: Path) -> None:
+    """A poison frame hangs every fresh backend: after two hangs it is quarantined with that reason, the good
+    frames around it are inspected, and the station ends healthy."""
+    from service_harness import encode, make_frame
+
+    st = station(extra={"supervision": {"detect_timeout_s": 0.5, "max_restarts": 5, "restart_window_s": 60.0}})
+    st.register_templates()
+    st.start(command=[sys.executable, str(HERE / "gated_daemon.py"), str(tmp_path / "no-gate")])
+    bus = bus_listener(st.publish_endpoint, topics=(b"status.",))
+    wait_until(lambda: bus.of_type("status.s1.heartbeat"), 10, what="a heartbeat")
+    poison = make_frame("P1", False, 990)
+    poison[0, 0] = (1, 2, 3)  # gated_daemon.POISON
+    st.drop_bytes("P1_poison.png", encode(poison, ".png"))
+    good = {st.drop_frame(st.positions[i % 2], f"ok{i}", defective=False, seed=991 + i)[0] for i in range(3)}
+    wait_until(lambda: len(st.frames()) == 4 and not st.drop_files(), 40, what="all 4 frames to be settled")
+    rows = {r["name"]: r for r in st.frames()}
+    assert rows["P1_poison.png"]["status"] == "quarantined"
+    assert str(rows["P1_poison.png"]["reason"]).startswith("detector_timeout")
+    assert all(rows[n]["status"] == "ok" for n in good)
+    wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="'healthy' after the poison frame is gone")
+    assert st.stop() == 0
