@@ -20,10 +20,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from sqlalchemy import update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from inspector.backends import load_backend
 from inspector.backends.base import DetectorBackend
@@ -44,6 +44,7 @@ from inspector.templates import TemplateStore
 from inspector.watcher import CameraWatcher
 
 log = logging.getLogger("inspector.daemon")
+T = TypeVar("T")
 RETENTION_PERIOD_S = 3600.0
 
 
@@ -91,6 +92,7 @@ class Daemon:
         self.notifier = SdNotifier()
         self.progress = 0  # frames finished + DB retries: what the systemd watchdog counts as "not wedged"
         self._db_backoff = Backoff(cfg.supervision.db_retry_initial_s, cfg.supervision.db_retry_max_s)
+        self._start_aborted = threading.Event()  # SIGTERM while start() waits for the database
         self.state = HealthState.STOPPED
         self.queue = FrameQueue(cfg.queue_size)
         self.watchers: dict[str, CameraWatcher] = {}
@@ -142,14 +144,14 @@ class Daemon:
         for name in ("processed", "quarantine", "annotated", "templates"):
             cfg.dir_for(name).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         self.engine = make_engine(cfg.db_url)
-        upgrade_database(self.engine)
         self.factory = make_session_factory(self.engine)
-        self.camera_ids = ensure_station(self.factory, cfg)
+        self.camera_ids = self._wait_for_database(
+            lambda: (upgrade_database(self.engine), ensure_station(self.factory, cfg))[1])
         self.templates = TemplateStore(cfg, self.factory, self.camera_ids)
         self.notifier.extend_timeout(cfg.supervision.load_timeout_s)  # a TensorRT engine build may take minutes
         self.backend = self._supervised_backend(cfg)
-        self.model_id = self._register_backend(self.backend)
-        session_id, prev_id, prev_seq = open_session(self.factory, cfg.station)
+        self.model_id = self._wait_for_database(lambda: self._register_backend(self.backend))
+        session_id, prev_id, prev_seq = self._wait_for_database(lambda: open_session(self.factory, cfg.station))
         self.sequencer = AlarmSequencer(session_id)
         self.bus = AlarmBus(cfg.station, cfg.bus.publish, cfg.bus.replay, self.factory, session_id,
                             cfg.bus.heartbeat_s, (prev_id, prev_seq), health=self.health_summary, curve=cfg.bus.curve)
@@ -175,6 +177,25 @@ class Daemon:
         log.info("inspection started", **log_fields(station=cfg.station, session=session_id,
                                                     backend=cfg.detector.backend, publish=self.bus.bound_publish,
                                                     replay=self.bus.bound_replay, cameras=list(self.camera_ids)))
+
+    def _wait_for_database(self, step: Callable[[], T]) -> T:
+        """Run a start-up database step (migrations, station rows, bus session), waiting with backoff while the
+        database is unreachable or locked. At boot the PostgreSQL host may still be starting: exiting instead
+        would burn systemd's restart budget (StartLimitBurst) and leave the unit failed. READY=1 is not sent
+        until every step succeeded; SIGTERM ends the wait."""
+        backoff = Backoff(self.cfg.supervision.db_retry_initial_s, self.cfg.supervision.db_retry_max_s)
+        while True:
+            try:
+                return step()
+            except OperationalError as exc:
+                delay = backoff.next_delay()
+                cause = getattr(exc, "orig", None) or exc
+                log.error("database unavailable at start; waiting", **log_fields(
+                    retry_in_s=delay, error=str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)))
+                self.notifier.status(f"starting: waiting for the database ({type(cause).__name__})")
+                self.notifier.extend_timeout(delay + 60)
+                if self._start_aborted.wait(delay):
+                    raise RuntimeError("start aborted while waiting for the database") from exc
 
     def _supervised_backend(self, cfg: StationConfig) -> SupervisedDetector:
         """The detector behind a deadline and a restart budget (see ``inspector.supervisor``)."""
@@ -475,7 +496,12 @@ class Daemon:
     def run_forever(self) -> int:
         """``inspector run``: SIGTERM/SIGINT stop cleanly (exit 0), SIGHUP reloads config and templates."""
         stop = threading.Event()
-        handlers = {signal.SIGTERM: lambda *_: stop.set(), signal.SIGINT: lambda *_: stop.set(),
+
+        def request_stop(*_: object) -> None:
+            stop.set()
+            self._start_aborted.set()
+
+        handlers = {signal.SIGTERM: request_stop, signal.SIGINT: request_stop,
                     signal.SIGHUP: lambda *_: self.request_reload()}
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:

@@ -108,6 +108,7 @@ class StationHarness:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / "daemon.log"
         self.starts = 0
+        self._started_lines = 0
         self._factory: sessionmaker[Session] | None = None
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ class StationHarness:
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
         full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
         full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+        self._started_lines = self.log_text().count('"inspection started"')
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*(command or DAEMON_CMD), str(self.config_path)],
@@ -177,12 +179,10 @@ class StationHarness:
 
     def wait_started(self, timeout: float = 60.0) -> None:
         """Started = this run's "inspection started" log line (written after bus birth and the first reconcile)."""
-        want = self.starts
-
         def started() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
-            return self.log_text().count('"inspection started"') >= want
+            return self.log_text().count('"inspection started"') > self._started_lines
 
         wait_until(started, timeout, what="daemon start")
 

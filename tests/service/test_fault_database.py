@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import tempfile
@@ -92,7 +93,6 @@ def test_sqlite_locked_by_another_writer(station, bus_listener) -> None:
     finally:
         locker.execute("ROLLBACK")
         locker.close()
-
     reader = _HistoryReader(st)
     reader.start()
     more = _drop_batch(st, "c", 6)
@@ -103,6 +103,20 @@ def test_sqlite_locked_by_another_writer(station, bus_listener) -> None:
     assert st.stop() == 0
     _assert_exactly_once_and_gap_free(st, first | locked | more)
     assert reader.errors == [] and reader.counts == sorted(reader.counts) and len(reader.counts) >= 2
+
+    # Locked while the daemon starts (its migrations need the write lock): it waits instead of exiting, and
+    # finishes starting in the same process once the lock is gone.
+    locker = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        st.start(wait_ready=False)
+        wait_until(lambda: '"database unavailable at start; waiting"' in st.log_text(), 40, what="the start to wait")
+        assert st.proc is not None and st.proc.poll() is None
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    st.wait_started(60)
+    assert st.stop() == 0
 
 
 @pytest.fixture()
@@ -158,3 +172,21 @@ def test_postgres_stopped_then_back(station, bus_listener, private_postgres) -> 
     wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="a healthy message after recovery")
     assert st.stop() == 0
     _assert_exactly_once_and_gap_free(st, first | down)
+
+    # The server is down when the daemon starts (a reboot where PostgreSQL comes up later): it waits, not exits;
+    # SIGTERM ends the wait promptly.
+    st.factory.kw["bind"].dispose()
+    ctl("stop")
+    late = _drop_batch(st, "c", 3)
+    st.start(wait_ready=False)
+    wait_until(lambda: st.log_text().count('"database unavailable at start; waiting"') >= 1, 20, what="the start to wait")
+    assert st.proc is not None and st.proc.poll() is None
+    st.proc.send_signal(signal.SIGTERM)
+    assert st.proc.wait(10) in (0, 1)
+    st.start(wait_ready=False)
+    wait_until(lambda: st.log_text().count('"database unavailable at start; waiting"') >= 2, 20, what="waiting again")
+    ctl("start")
+    st.wait_started(60)
+    wait_until(lambda: len(st.frames()) == 16 and not st.drop_files(), 40, what="frames after a late database")
+    assert st.stop() == 0
+    _assert_exactly_once_and_gap_free(st, first | down | late)
