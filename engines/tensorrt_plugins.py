@@ -135,6 +135,16 @@ def _compile_nvcc(source: Path, arch: str, defines: Mapping[str, str], nvcc: str
         return out.read_bytes()
 
 
+def _writable_buffer(size: int) -> bytearray:
+    """A fresh buffer NVRTC may write into.
+
+    Never ``b" " * size`` (the cuda-python samples' idiom): for size 0 or 1 CPython returns its shared, interned
+    bytes object, and NVRTC writing into it corrupts that constant for the whole process (seen here: every later
+    ``torch.save`` wrote broken checkpoints).
+    """
+    return bytearray(max(int(size), 1))
+
+
 def _compile_nvrtc(source: Path, arch: str, defines: Mapping[str, str]) -> bytes:
     try:
         from cuda.bindings import nvrtc
@@ -153,16 +163,16 @@ def _compile_nvrtc(source: Path, arch: str, defines: Mapping[str, str]) -> bytes
     try:
         compiled = nvrtc.nvrtcCompileProgram(program, len(options), [o.encode() for o in options])
         _, size = nvrtc.nvrtcGetProgramLogSize(program)
-        log_buffer = b" " * size
+        log_buffer = _writable_buffer(size)
         nvrtc.nvrtcGetProgramLog(program, log_buffer)
-        log = log_buffer.rstrip(b"\x00 ").decode(errors="replace")
+        log = bytes(log_buffer).rstrip(b"\x00 ").decode(errors="replace")
         check(compiled, "compile", log)
         if log.strip():
             raise PTXCompileError(f"NVRTC warned on {source.name} (warnings are errors here):\n{log}")
         _, size = check(nvrtc.nvrtcGetPTXSize(program), "PTX size")
-        ptx = b" " * size
+        ptx = _writable_buffer(size)
         check(nvrtc.nvrtcGetPTX(program, ptx), "get PTX")
-        return ptx.rstrip(b"\x00")
+        return bytes(ptx).rstrip(b"\x00")
     finally:
         nvrtc.nvrtcDestroyProgram(program)
 

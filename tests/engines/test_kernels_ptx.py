@@ -83,3 +83,22 @@ def test_nvcc_and_nvrtc_agree_on_entry_points() -> None:
     a = tp.compile_ptx(tp.MULTILEVEL_OP, compiler="nvcc", use_cache=False).decode()
     b = tp.compile_ptx(tp.MULTILEVEL_OP, compiler="nvrtc", use_cache=False).decode()
     assert re.findall(r"\.entry (\w+)", a) == re.findall(r"\.entry (\w+)", b)
+
+
+@pytest.mark.skipif(not _nvrtc_available(), reason="cuda-python NVRTC (cuda.bindings.nvrtc) not available")
+def test_nvrtc_compile_leaves_the_interpreter_intact() -> None:
+    """NVRTC writes its log/PTX into our buffers: they must be private, never CPython's interned bytes.
+
+    Regression: ``b" " * size`` with size 1 (an empty log) handed CPython's shared ``b" "`` to NVRTC, which
+    overwrote it with NUL; every later ``torch.save`` in the process then wrote unreadable checkpoints.
+    """
+    import io
+
+    import torch
+
+    tp.compile_ptx(tp.MULTILEVEL_OP, compiler="nvrtc", use_cache=False)
+    assert b" " == bytes([32])
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(4, 8)}, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=True)["w"], torch.ones(4, 8))
