@@ -67,3 +67,20 @@ def test_rng_state_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     assert torch.equal(expected[0], again[0])
     assert np.array_equal(expected[1], again[1])
     assert expected[2] == again[2]
+
+
+def test_strip_checkpoint_keeps_weights_and_drops_resume_state(tmp_path: Path) -> None:
+    from training.engine.checkpoint import strip_checkpoint
+
+    model = TinyDetectorStandIn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model.conv.weight.sum().backward()
+    opt.step()
+    full = save_checkpoint(tmp_path / "last.pt", model, optimizer=opt, iteration=5,
+                           rng_state={"per_rank": [capture_rng_state()]}, trainer_state={"elapsed_seconds": 1.0})
+    slim = strip_checkpoint(full, tmp_path / "model.pt")
+    payload = load_checkpoint(slim)
+    assert payload["optimizer"] is None and "rng_state" not in payload and "trainer_state" not in payload
+    assert payload["iteration"] == 5
+    assert torch.equal(payload["model"]["conv.weight"], model.conv.weight)
+    assert slim.stat().st_size < full.stat().st_size

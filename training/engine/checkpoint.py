@@ -65,12 +65,16 @@ def save_checkpoint(
         payload["rng_state"] = dict(rng_state)
     if trainer_state is not None:
         payload["trainer_state"] = dict(trainer_state)
-    path = Path(path)
+    return atomic_save(payload, Path(path))
+
+
+def atomic_save(payload: Mapping[str, Any], path: Path) -> Path:
+    """``torch.save`` to a temp file in the same directory, then rename: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            torch.save(dict(payload), handle)
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a daemon under another user must read it
         os.replace(tmp, path)
     except BaseException:
@@ -117,3 +121,16 @@ def load_model_from_checkpoint(path: str | Path, map_location: str | torch.devic
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not match the model its config builds: {exc}") from exc
     return model.to(map_location).eval()
+
+
+def strip_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """A deployable copy of ``src`` without optimizer momentum, RNG and resume state (about half the size).
+
+    Still a valid checkpoint (contract 2, ``optimizer=None``) for ``rddn eval``/``rddn compile``; it cannot be
+    resumed. Used for the demo model the daemon ships.
+    """
+    payload = load_checkpoint(src)
+    payload["optimizer"] = None
+    payload.pop("rng_state", None)
+    payload.pop("trainer_state", None)
+    return atomic_save(payload, Path(dst))
