@@ -34,9 +34,11 @@ def _worker(rank: int, world_size: int, port: int, raw: dict, out_dir: str) -> N
     cfg = train_config_from_dict(raw)
     info = ddp.init_distributed("cpu")
     try:
+        first = build_trainer(cfg, info)
+        assert isinstance(first.model, torch.nn.parallel.DistributedDataParallel)
+        assert first.fit(stop_at=1).iteration == 1  # interrupted; rank 0 wrote last.pt
         trainer = build_trainer(cfg, info)
-        assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
-        state = trainer.fit()
+        state = trainer.fit(resume=True)  # rank 0 reads last.pt and shares it with rank 1
         torch.save(
             {"iteration": state.iteration, "params": {k: v.detach().clone() for k, v in trainer.bare_model.state_dict().items()}},
             Path(out_dir) / f"rank{rank}.pt",
@@ -45,7 +47,7 @@ def _worker(rank: int, world_size: int, port: int, raw: dict, out_dir: str) -> N
         ddp.cleanup(info)
 
 
-def test_two_gloo_processes_agree(tiny_config, tmp_path: Path) -> None:
+def test_two_gloo_processes_agree_through_an_interruption(tiny_config, tmp_path: Path) -> None:
     raw = tiny_config("ddp", max_iters=2)
     mp.spawn(_worker, args=(2, _free_port(), raw, str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)

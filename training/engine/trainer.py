@@ -165,7 +165,7 @@ class Trainer:
 
     def resume(self) -> None:
         """Restore weights, optimizer, counters and RNG from ``output_dir/last.pt``."""
-        payload = load_checkpoint(self.last_checkpoint, map_location="cpu")
+        payload = self._load_on_rank0_and_share()
         saved_model = payload["model_config"]
         current = self.bare_model.config.model_dump(mode="json")
         if saved_model != current:
@@ -198,6 +198,14 @@ class Trainer:
         )
         if self.info.is_main:
             logger.info("resumed from %s at epoch %d, iteration %d", self.last_checkpoint, self.state.epoch, self.state.iteration)
+
+    def _load_on_rank0_and_share(self) -> dict[str, Any]:
+        """Rank 0 reads ``last.pt`` and sends it to the others: other machines need not see rank 0's disk."""
+        if not self.info.distributed:
+            return load_checkpoint(self.last_checkpoint, map_location="cpu")
+        box: list[Any] = [load_checkpoint(self.last_checkpoint, map_location="cpu") if self.info.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     # -- one step ---------------------------------------------------------------------------------------
     def step(self, batch: Batch) -> dict[str, float]:
@@ -286,7 +294,7 @@ class Trainer:
         self._stop_at = stop_at
         if resume:
             self.resume()
-        elif self.info.is_main and self.last_checkpoint.exists():
+        elif ddp.any_rank(self.info.is_main and self.last_checkpoint.exists(), self.info):  # all ranks stop
             raise FileExistsError(
                 f"{self.last_checkpoint} exists: pass --resume to continue it, or set another output_dir"
             )
