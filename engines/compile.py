@@ -30,7 +30,9 @@ SIZE_DIVISOR = 32
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``rddn compile`` (contract 5)."""
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint written by `rddn train`")
-    parser.add_argument("--target", required=True, choices=("onnxruntime", "tensorrt"))
+    parser.add_argument("--target", required=True, choices=("onnxruntime", "tensorrt"),
+                        help="onnxruntime: CPU artifact, standard ONNX ops; tensorrt: ONNX with the rddn plugin "
+                             "nodes, plus the engine where tensorrt imports (else built on the target machine)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), default=None,
                         help="default: fp32 for onnxruntime, fp16 for tensorrt (onnxruntime supports fp32 only)")
     parser.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"), default=None,
@@ -42,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames per graph run; the graph's batch dimension is static (default 1)")
     parser.add_argument("--tr-post", action="store_true",
                         help="compile TR-Post rescoring in (the graph then takes a template input)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: engines.export_onnx's)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17; DCN backbones use at least 19)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the compile-time check that the exported graph matches PyTorch on one input")
     parser.add_argument("--out", required=True, type=Path, help="artifact directory to write")
