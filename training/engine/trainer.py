@@ -123,6 +123,8 @@ class Trainer:
         self.state = TrainState()
         self._stop_requested = False
         self._stop_at: int | None = None
+        self._wall_start = time.monotonic()
+        self._budget_at_start = 0.0
 
     # -- checkpoints ------------------------------------------------------------------------------------
     @property
@@ -303,7 +305,8 @@ class Trainer:
         previous_handlers = self._install_signal_handlers()
         clock = time.process_time if self.cfg.time_budget_clock == "process" else time.monotonic
         start = clock() - self.state.elapsed
-        wall_start = time.monotonic()
+        wall_start = self._wall_start = time.monotonic()
+        self._budget_at_start = self._budget_fraction(self.state.elapsed)
         try:
             while not self._should_stop(clock() - start):
                 in_epoch = self.state.iteration - self.state.epoch * self.iters_per_epoch
@@ -366,8 +369,18 @@ class Trainer:
                 shown["lr"] = f"{lr:.2e}"
                 if self.cfg.time_budget_minutes:
                     shown["budget"] = f"{self._budget_fraction(self.state.elapsed):.0%}"
+                    shown["budget_eta"] = self._budget_eta()
                 progress.set_postfix(shown, refresh=False)
                 progress.set_description(f"epoch {self.state.epoch + 1}")
+
+    def _budget_eta(self) -> str:
+        """Wall time until the budget runs out at this session's pace (tqdm's own ETA assumes the full schedule)."""
+        used = self._budget_fraction(self.state.elapsed) - self._budget_at_start
+        if used <= 0:
+            return "?"
+        remaining = (1.0 - self._budget_fraction(self.state.elapsed)) / used * (time.monotonic() - self._wall_start)
+        minutes, seconds = divmod(int(max(remaining, 0.0)), 60)
+        return f"{minutes}:{seconds:02d}"
 
     # -- signals ----------------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
