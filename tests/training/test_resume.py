@@ -59,3 +59,12 @@ def test_ptg_training_sees_a_normal_sample_in_every_batch(tiny_config) -> None:
     iters = [r for r in read_metrics(cfg.output_dir / "metrics.jsonl") if r["type"] == "iter"]
     assert len(iters) == 3
     assert all(r["loss_ptg"] > 0 for r in iters), "PTG's loss is only defined on normal samples"
+
+
+def test_loader_workers_do_not_change_the_data(tiny_config) -> None:
+    """Augmentation is seeded per (seed, epoch, sample), so 0 or 2 worker processes train identically."""
+    in_process = train_config_from_dict(tiny_config("w0", max_iters=2, workers=0))
+    with_workers = train_config_from_dict(tiny_config("w2", max_iters=2, workers=2))
+    run_training(in_process)
+    run_training(with_workers)
+    assert iteration_losses(with_workers.output_dir) == pytest.approx(iteration_losses(in_process.output_dir), abs=1e-6)
