@@ -108,4 +108,25 @@ def align_template(frame: np.ndarray, template: np.ndarray, method: Literal["pha
         return AlignResult(template, (0.0, 0.0), response, False)
     if abs(dx) < 1e-3 and abs(dy) < 1e-3:
         return AlignResult(template, (0.0, 0.0), response, True)
-    return AlignResult(warp_template(template, dx, dy), (dx, dy), response, True)
+    return AlignResult(fill_uncovered(warp_template(template, dx, dy), frame, dx, dy), (dx, dy), response, True)
+
+
+def fill_uncovered(warped: np.ndarray, frame: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Where the shifted template has no data (the band of width |shift| it moved away from), use the frame.
+
+    Replicated template edges there differ from the frame (a PCB track replicated into a stripe), and a
+    reference-based detector reads any image/template difference as a candidate defect: the demo showed rows of
+    false alarms along the borders of shifted frames. Copying the frame makes the difference exactly zero where
+    there is no reference, so nothing is detected from a region the template never saw."""
+    h, w = warped.shape[:2]
+    band_x, band_y = min(w, int(np.ceil(abs(dx)))), min(h, int(np.ceil(abs(dy))))
+    if band_x == 0 and band_y == 0:
+        return warped
+    out = warped.copy() if not warped.flags.writeable else warped
+    if band_x:
+        cols = slice(0, band_x) if dx > 0 else slice(w - band_x, w)
+        out[:, cols] = frame[:, cols]
+    if band_y:
+        rows = slice(0, band_y) if dy > 0 else slice(h - band_y, h)
+        out[rows, :] = frame[rows, :]
+    return out

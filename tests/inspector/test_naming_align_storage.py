@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from inspector.align import align_template, warp_template
+from inspector.align import align_template, fill_uncovered, warp_template
 from inspector.naming import FrameNameError, is_candidate, parse_frame_name
 from inspector.storage import dated_dir, purge_older_than, quarantine_file, unique_destination
 
@@ -41,6 +41,23 @@ def test_alignment_recovers_a_known_shift(method, frames):
         assert abs(result.shift[0] - dx) < 0.6 and abs(result.shift[1] - dy) < 0.6, (method, dx, dy, result.shift)
         inner = (slice(12, -12), slice(12, -12))
         assert np.abs(result.template[inner].astype(int) - frame[inner]).mean() < 4.0
+
+
+@pytest.mark.parametrize("dx, dy", [(5.0, -3.0), (-7.0, 6.0)])
+def test_aligned_template_leaves_no_difference_where_it_has_no_data(frames, dx, dy):
+    """The band the template moved away from is taken from the frame: no border stripes for the detector."""
+    template = np.tile(frames.templates["P00"], (2, 2, 1))[:300, :300]
+    frame = warp_template(template, dx, dy)
+    frame[:, :, 0] = 255 - frame[:, :, 0]  # the frame differs everywhere, so a copied band is unmistakable
+    result = align_template(frame, template, "none")
+    assert result.shift == (0.0, 0.0)
+    aligned = fill_uncovered(warp_template(template, dx, dy), frame, dx, dy)
+    cols = slice(0, 5) if dx > 0 else slice(300 - 7, 300)
+    rows = slice(300 - 3, 300) if dy < 0 else slice(0, 6)
+    assert np.array_equal(aligned[:, cols], frame[:, cols])
+    assert np.array_equal(aligned[rows, :], frame[rows, :])
+    inner = (slice(10, -10), slice(10, -10))
+    assert np.array_equal(aligned[inner], warp_template(template, dx, dy)[inner])  # untouched elsewhere
 
 
 def test_alignment_rejects_shifts_beyond_max(frames):
