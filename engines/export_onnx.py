@@ -17,9 +17,9 @@ What tracing cannot get right by itself, fixed here on a private copy of the mod
   a different count would fail at run time. The export RPN pads its output to exactly K with zero-area boxes,
   which can never become detections (their decoded boxes keep zero width and are dropped by the head's
   ``remove_small_boxes``), so results are unchanged and every size after the RPN is static.
-- **pooling each RoI once** (:class:`RoutedRoIFeaturePooler`, ONNX Runtime target): the model's pooler runs
-  RoIAlign on every level for every RoI and keeps one (simple, but 4x the sampling work); the export gathers each
-  level's RoIs, pools them on that level only and puts them back in order: same values, a quarter of the work.
+- **one pooler for both targets** (:class:`RoutedRoIFeaturePooler`): the same values as the model's pooler
+  (each RoI pooled once on its level), but put back in RoI order with one Gather instead of one ScatterND per level
+  (each ScatterND copies the whole [R, C, 7, 7] output in ONNX Runtime), and no Python int taken from R;
 - for ``roi_ops="rddn"`` (TensorRT variant) the same pooler calls the ``rddn`` custom ops of
   :mod:`engines.custom_ops` instead, and ``precision="fp16"`` applies :func:`apply_fp16`: FP16 convolutions and
   FC layers, FP32 boxes, anchors, softmax and NMS, every cast an explicit node (strongly typed TensorRT).
@@ -94,11 +94,8 @@ def model_for_export(payload: Mapping[str, Any], test_proposals: int | None = No
     from training.model import build_model
 
     config = config_for_export(model_config_from_checkpoint(payload), test_proposals)
-    # the export never needs pretrained initialisation: the checkpoint holds every weight
-    config = config.model_copy(update={
-        "backbone": config.backbone.model_copy(update={"pretrained": None}), "coco_pretrained": None,
-    })
-    model = build_model(config)
+    # the checkpoint holds every weight: the pretrained files named in the config need not exist here
+    model = build_model(config, load_pretrained=False)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as exc:
@@ -139,9 +136,9 @@ def _pad_rows(x: Tensor, count: int, value: float = 0.0) -> Tensor:
 def routed_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
     """RoIAlign each RoI [R, 5] on its own level only: gather each level's RoIs, pool, put back in order.
 
-    Equal to ``training.model.roi_pooling.multilevel_roi_align`` (which pools every RoI on every level and keeps
-    one); the parity tests compare them. Putting back is one Gather by the inverse permutation (cheaper in ONNX
-    Runtime than scattering each level into a zero tensor, which copies the whole output per level).
+    Equal to ``training.model.roi_pooling.multilevel_roi_align`` (the parity tests compare them). Putting back is
+    one Gather by the inverse permutation: cheaper in ONNX Runtime than scattering each level into a zero tensor,
+    which copies the whole output once per level.
     """
     size = ROI_ALIGN.output_size
     order, pooled = [], []
