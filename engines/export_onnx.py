@@ -17,11 +17,10 @@ What tracing cannot get right by itself, fixed here on a private copy of the mod
   a different count would fail at run time. The export RPN pads its output to exactly K with zero-area boxes,
   which can never become detections (their decoded boxes keep zero width and are dropped by the head's
   ``remove_small_boxes``), so results are unchanged and every size after the RPN is static.
-- **one pooler for both targets** (:class:`RoutedRoIFeaturePooler`): the same values as the model's pooler
-  (each RoI pooled once on its level), but put back in RoI order with one Gather instead of one ScatterND per level
-  (each ScatterND copies the whole [R, C, 7, 7] output in ONNX Runtime), and no Python int taken from R;
-- for ``roi_ops="rddn"`` (TensorRT variant) the same pooler calls the ``rddn`` custom ops of
-  :mod:`engines.custom_ops` instead, and ``precision="fp16"`` applies :func:`apply_fp16`: FP16 convolutions and
+- the ONNX Runtime graph uses the model's own pooler (level routing with NonZero/RoiAlign/ScatterND, valid to
+  trace once the proposal count is fixed);
+- for ``roi_ops="rddn"`` (TensorRT variant) :class:`PluginRoIFeaturePooler` replaces it with the ``rddn`` custom
+  ops of :mod:`engines.custom_ops`, and ``precision="fp16"`` applies :func:`apply_fp16`: FP16 convolutions and
   FC layers, FP32 boxes, anchors, softmax and NMS, every cast an explicit node (strongly typed TensorRT).
 - the -DCN backbone: torchvision's ``deform_conv2d`` gets a symbolic to ONNX DeformConv (opset 19).
 
@@ -41,11 +40,10 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torchvision.ops import DeformConv2d, roi_align
+from torchvision.ops import DeformConv2d
 
 from training.model.config import ModelConfig
 from training.model.roi_pooling import RoIFeaturePooler
-from training.model.roi_semantics import ROI_ALIGN, context_boxes, map_roi_levels
 
 #: RoiAlign's ``coordinate_transformation_mode=half_pixel`` (aligned=True) needs opset 16; 17 is what
 #: TensorRT >= 10.11 and ONNX Runtime >= 1.17 both parse fully.
@@ -133,56 +131,20 @@ def _pad_rows(x: Tensor, count: int, value: float = 0.0) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------ RoI pooling
-def routed_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
-    """RoIAlign each RoI [R, 5] on its own level only: gather each level's RoIs, pool, put back in order.
+class PluginRoIFeaturePooler(RoIFeaturePooler):
+    """The model's pooler (same context modes and ``roi_semantics``) as ``rddn`` plugin nodes (TensorRT variant):
+    one MultiLevelRoIAlign / ContextRoIAlign node per pooling, features in the export precision (FP16 for
+    ``precision="fp16"``, an explicit Cast), RoI boxes always FP32."""
 
-    Equal to ``training.model.roi_pooling.multilevel_roi_align`` (the parity tests compare them). Putting back is
-    one Gather by the inverse permutation: cheaper in ONNX Runtime than scattering each level into a zero tensor,
-    which copies the whole output once per level.
-    """
-    size = ROI_ALIGN.output_size
-    order, pooled = [], []
-    for index, (feature, scale) in enumerate(zip(features, ROI_ALIGN.spatial_scales)):
-        idx = torch.nonzero(levels == index).view(-1)
-        order.append(idx)
-        pooled.append(roi_align(feature, rois[idx], output_size=size, spatial_scale=scale,
-                                sampling_ratio=ROI_ALIGN.sampling_ratio, aligned=ROI_ALIGN.aligned))
-    return torch.cat(pooled)[torch.argsort(torch.cat(order))]
-
-
-class RoutedRoIFeaturePooler(RoIFeaturePooler):
-    """The model's pooler (same context modes, same ``roi_semantics``), pooling each RoI on its own level once.
-
-    ``roi_ops="rddn"`` sends the RoI extraction through the ``rddn`` custom-domain ops instead (TensorRT plugins),
-    with features cast to FP16 when ``precision="fp16"`` and boxes kept in FP32.
-    """
-
-    def __init__(self, context: str, k: float, roi_ops: str = "onnx", precision: str = "fp32") -> None:
+    def __init__(self, context: str, k: float, precision: str = "fp32") -> None:
         super().__init__(context, k)  # type: ignore[arg-type]
-        self.roi_ops = roi_ops
         self.precision = precision
 
     def forward(self, features: Sequence[Tensor], rois: Tensor, image_sizes: Tensor) -> Tensor:
-        if self.roi_ops == "rddn":
-            return self._forward_custom(features, rois, image_sizes)
-        levels = map_roi_levels(rois[:, 1:])
-        if self.context == "none":
-            return routed_roi_align(features, rois, levels)
-        sizes = image_sizes.to(rois.device)[rois[:, 0].long()]
-        ctx = torch.cat((rois[:, :1], context_boxes(rois[:, 1:], sizes, self.k)), dim=1)
-        if self.context == "context_only":
-            return routed_roi_align(features, ctx, levels)
-        both = routed_roi_align(features, torch.cat((rois, ctx)), torch.cat((levels, levels)))
-        # [2R, C, 7, 7] -> [R, 2C, 7, 7] without a Python int taken from R (a trace would bake it in)
-        both = both.reshape((2, -1) + tuple(both.shape[1:]))
-        return torch.cat((both[0], both[1]), dim=1)
-
-    def _forward_custom(self, features: Sequence[Tensor], rois: Tensor, image_sizes: Tensor) -> Tensor:
-        """One ``rddn`` node per pooling: the kernels engineer's torch custom ops (engines/custom_ops.py)."""
-        from engines import custom_ops
+        from engines import custom_ops  # the kernels engineer's torch custom ops (export as rddn:: nodes)
 
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
-        feats = [f.to(dtype) for f in features]  # explicit Cast in the graph; rois stay float32
+        feats = [f.to(dtype) for f in features]
         rois = rois.float()
         if self.context == "none":
             return custom_ops.multilevel_roi_align(feats, rois)
@@ -191,13 +153,13 @@ class RoutedRoIFeaturePooler(RoIFeaturePooler):
                                             mode=self.context)  # type: ignore[arg-type]
 
 
-def swap_poolers(model: nn.Module, roi_ops: str, precision: str) -> int:
-    """Replace every RoIFeaturePooler in ``model`` (a copy) with the routed/custom-op pooler; returns how many."""
+def swap_poolers(model: nn.Module, precision: str) -> int:
+    """Replace every RoIFeaturePooler in ``model`` (a copy) with the plugin-node pooler; returns how many."""
     count = 0
     for module in model.modules():
         pooler = getattr(module, "pooler", None)
-        if isinstance(pooler, RoIFeaturePooler) and not isinstance(pooler, RoutedRoIFeaturePooler):
-            module.pooler = RoutedRoIFeaturePooler(pooler.context, pooler.k, roi_ops, precision)
+        if isinstance(pooler, RoIFeaturePooler) and not isinstance(pooler, PluginRoIFeaturePooler):
+            module.pooler = PluginRoIFeaturePooler(pooler.context, pooler.k, precision)
             count += 1
     return count
 
@@ -301,7 +263,8 @@ def build_export_module(model: nn.Module, spec: ExportSpec) -> DetectorExport:
     """Export module around a deep copy of ``model`` (the caller's model is never modified)."""
     private = copy.deepcopy(model).eval()
     fixed_count_rpn(private.rpn)
-    swap_poolers(private, spec.roi_ops, spec.precision)
+    if spec.roi_ops == "rddn":
+        swap_poolers(private, spec.precision)
     if spec.precision == "fp16":
         apply_fp16(private)
     return DetectorExport(private, spec).eval()

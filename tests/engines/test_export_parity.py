@@ -19,7 +19,6 @@ from engines import export_onnx as ex
 from engines.onnx_graph import iter_nodes
 from training.model import build_model
 from training.model.config import ModelConfig
-from training.model.roi_pooling import RoIFeaturePooler
 
 torch.set_num_threads(1)
 SIZE = (128, 128)
@@ -134,19 +133,6 @@ def test_graph_uses_standard_onnx_ops_only(tmp_path: Path) -> None:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             assert attrs["coordinate_transformation_mode"] == b"half_pixel"  # aligned=True
             assert attrs["sampling_ratio"] == 2 and attrs["output_height"] == 7
-
-
-@pytest.mark.parametrize("mode", ["none", "concat", "context_only"])
-def test_routed_pooler_equals_the_models_pooler(mode: str) -> None:
-    gen = torch.Generator().manual_seed(5)
-    features = [torch.randn(1, 4, 128 // s, 128 // s, generator=gen) for s in (4, 8, 16, 32)]
-    xy = torch.rand(40, 2, generator=gen) * 120
-    wh = torch.rand(40, 2, generator=gen) ** 3 * 400 + 0.5  # tiny to far beyond the image: all four levels
-    rois = torch.cat((torch.zeros(40, 1), xy, xy + wh), dim=1)
-    sizes = torch.tensor([[128, 128]])
-    expected = RoIFeaturePooler(mode, 1.5)(features, rois, sizes)
-    got = ex.RoutedRoIFeaturePooler(mode, 1.5)(features, rois, sizes)
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
 def test_fixed_count_rpn_pads_with_boxes_that_never_become_detections() -> None:
