@@ -53,7 +53,10 @@ def test_bad_inputs_give_one_clear_line(tmp_path: Path, capsys) -> None:
 def test_compile_without_the_compiler_exits_2_with_a_reason(monkeypatch, capsys) -> None:
     import sys
 
+    import engines
+
     monkeypatch.setitem(sys.modules, "engines.compile", None)  # makes "from engines import compile" fail
+    monkeypatch.delattr(engines, "compile", raising=False)  # ... also when an earlier test imported it
     assert main(["compile"]) == 2
     assert "rddn compile is unavailable" in capsys.readouterr().err
 
