@@ -2,7 +2,7 @@
 
 Prints figures (no pass/fail): is the input pipeline or the evaluation ever the bottleneck?
 
-    .venv/bin/python benchmarks/data_throughput.py [--deeppcb /work/shared/datasets/deeppcb] [--n 50]
+    .venv/bin/python benchmarks/data_throughput.py [--deeppcb ../shared/datasets/deeppcb] [--n 50]
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--deeppcb", type=Path, default=Path("/work/shared/datasets/deeppcb"))
+    parser.add_argument("--deeppcb", type=Path, default=Path("../shared/datasets/deeppcb"))
     parser.add_argument("--n", type=int, default=50, help="samples per measurement")
     parser.add_argument("--eval-images", type=int, default=500)
     args = parser.parse_args()

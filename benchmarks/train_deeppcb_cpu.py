@@ -79,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-root", default="/work/shared/datasets/deeppcb")
+    parser.add_argument("--data-root", default="../shared/datasets/deeppcb")
     parser.add_argument("--val-groups", nargs="+", default=["92000", "44000"])
     args = parser.parse_args()
     rows: dict[str, dict] = {}

@@ -1,6 +1,7 @@
 """DeepPCB-format reader: list parsing (missing final newline), annotations, normal pairs, group split, policies."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from training.data.deeppcb import DEEPPCB_CLASSES, DeepPCBReader, group_of, read_list_file, split_by_group
 from training.data.issues import BadDataError, DataIssueLog
 
-REAL_DEEPPCB = Path("/work/shared/datasets/deeppcb")
+# shared/ lies beside the repository (here and in CI's clone); RDDN_DEEPPCB_ROOT points elsewhere
+REAL_DEEPPCB = Path(os.environ.get("RDDN_DEEPPCB_ROOT")
+                    or Path(__file__).resolve().parents[3] / "shared" / "datasets" / "deeppcb")
 
 
 def test_list_without_final_newline_is_read_completely(deeppcb_root: Path) -> None:
