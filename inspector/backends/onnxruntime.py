@@ -1,18 +1,18 @@
 """ONNX Runtime backend (the CPU default): runs an artifact directory exactly as ``engines/artifact.py`` documents.
 
-Resizing is outside the graph (stretch to the input size with OpenCV, boxes scaled back per axis); normalisation
-and NMS are inside it. Labels in the graph are 0-based indices into ``class_names``.
+Resizing is outside the graph (``inspector.backends.frames``: stretch to the input size, boxes scaled back per
+axis); normalisation and NMS are inside it. Labels in the graph are 0-based indices into ``class_names``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
 
 from engines.artifact import ArtifactMetadata, sha256_file
 from inspector.backends.base import Detection
+from inspector.backends.frames import OUTPUT_NAMES, detections_from_outputs, resize_batch
 
 
 class OnnxRuntimeBackend:
@@ -46,34 +46,18 @@ class OnnxRuntimeBackend:
         if inputs != expected:
             raise ValueError(f"{model_path}: graph inputs {sorted(inputs)} != {sorted(expected)} expected from "
                              f"metadata.json (needs_template={self.metadata.needs_template}, tr_post={self.metadata.tr_post})")
-        self._size = (self.metadata.preprocessing.input_width, self.metadata.preprocessing.input_height)
-
-    def _prepare(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        w, h = self._size
-        batch = [cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) if f.shape[:2] != (h, w) else f for f in frames]
-        return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
+        self._size = (self.metadata.preprocessing.input_height, self.metadata.preprocessing.input_width)
 
     def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
         if not images:
             return []
-        feeds = {"image": self._prepare(images)}
+        feeds = {"image": resize_batch(images, self._size)}
         if self.uses_template:
             if any(t is None for t in templates):
                 raise ValueError("this model needs a template for every frame")
-            feeds["template"] = self._prepare(templates)  # type: ignore[arg-type]
-        boxes, scores, labels, counts = self.session.run(["boxes", "scores", "labels", "num_detections"], feeds)
-        w, h = self._size
-        results: list[list[Detection]] = []
-        for i, img in enumerate(images):
-            sx, sy = img.shape[1] / w, img.shape[0] / h
-            dets = []
-            for b, s, lab in zip(boxes[i, : int(counts[i])], scores[i, : int(counts[i])], labels[i, : int(counts[i])]):
-                lab = int(lab)
-                name = self.class_names[lab] if 0 <= lab < len(self.class_names) else f"class_{lab}"
-                dets.append(Detection(lab, name, float(s), (float(b[0]) * sx, float(b[1]) * sy,
-                                                            float(b[2]) * sx, float(b[3]) * sy)))
-            results.append(dets)
-        return results
+            feeds["template"] = resize_batch(templates, self._size)  # type: ignore[arg-type]
+        outputs = dict(zip(OUTPUT_NAMES, self.session.run(list(OUTPUT_NAMES), feeds)))
+        return detections_from_outputs(outputs, [f.shape for f in images], self._size, self.class_names)
 
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]

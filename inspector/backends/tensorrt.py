@@ -7,7 +7,7 @@ systemd start timeout). Then deserialize, allocate device buffers and a stream o
 
 Device memory goes through pycuda when it imports, else cuda-python (``cuda.bindings.runtime``); both, like
 ``tensorrt``, are imported lazily so the daemon's CPU-only install can import this module.
-Frames are stretched to the input size with OpenCV and boxes scaled back per axis (``engines/artifact.py``).
+Frames are stretched to the input size and boxes scaled back per axis by ``inspector.backends.frames``.
 """
 from __future__ import annotations
 
@@ -15,40 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import cv2
 import numpy as np
 
 from engines.artifact import ArtifactMetadata, sha256_file
 from inspector.backends.base import Detection
-
-OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
-
-
-# ---------------------------------------------------------------------------------------------- frames <-> graph
-def resize_batch(frames: Sequence[np.ndarray], size_hw: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 RGB frames -> float32 [N, 3, H, W] at the graph's input size (stretched, as the artifact says)."""
-    h, w = size_hw
-    batch = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in frames]
-    return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
-
-
-def detections_from_outputs(outputs: dict[str, np.ndarray], frame_shapes: Sequence[tuple[int, ...]],
-                            size_hw: tuple[int, int], class_names: Sequence[str]) -> list[list[Detection]]:
-    """The graph's padded outputs -> per-frame :class:`Detection` lists with boxes in each frame's own pixels."""
-    h, w = size_hw
-    results: list[list[Detection]] = []
-    for i, shape in enumerate(frame_shapes):
-        count = int(outputs["num_detections"][i])
-        sx, sy = shape[1] / w, shape[0] / h
-        dets = []
-        for box, score, label in zip(outputs["boxes"][i, :count], outputs["scores"][i, :count],
-                                     outputs["labels"][i, :count]):
-            label = int(label)
-            name = class_names[label] if 0 <= label < len(class_names) else f"class_{label}"
-            dets.append(Detection(label, name, float(score), (float(box[0]) * sx, float(box[1]) * sy,
-                                                              float(box[2]) * sx, float(box[3]) * sy)))
-        results.append(dets)
-    return results
+from inspector.backends.frames import OUTPUT_NAMES, detections_from_outputs, resize_batch
 
 
 # ------------------------------------------------------------------------------------------------ device memory

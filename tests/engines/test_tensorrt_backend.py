@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inspector.backends.frames import detections_from_outputs, resize_batch
 from inspector.backends import tensorrt as trt_backend
 from inspector.backends.base import Detection
 
@@ -17,7 +18,7 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 def test_resize_batch_stretches_to_input_size_nchw_float() -> None:
     frames = [np.full((40, 80, 3), 7, np.uint8), np.zeros((20, 20, 3), np.uint8)]
     frames[1][:, :, 2] = 200
-    batch = trt_backend.resize_batch(frames, (32, 48))
+    batch = resize_batch(frames, (32, 48))
     assert batch.shape == (2, 3, 32, 48) and batch.dtype == np.float32 and batch.flags.c_contiguous
     assert np.all(batch[0] == 7.0)
     assert np.all(batch[1, 2] == 200.0) and np.all(batch[1, :2] == 0.0)  # RGB order kept, channel first
@@ -31,7 +32,7 @@ def test_detections_are_mapped_back_per_axis_and_padding_dropped() -> None:
         "num_detections": np.array([1, 1], np.int64),
     }
     shapes = [(200, 100, 3), (100, 400, 3)]  # (H, W) of the original frames
-    dets = trt_backend.detections_from_outputs(outputs, shapes, (100, 100), ("scratch", "short"))
+    dets = detections_from_outputs(outputs, shapes, (100, 100), ("scratch", "short"))
     assert [len(d) for d in dets] == [1, 1]
     assert dets[0][0] == Detection(1, "short", pytest.approx(0.9), (10.0, 40.0, 30.0, 80.0))
     assert dets[1][0].box == (20.0, 5.0, 60.0, 25.0) and dets[1][0].label == "scratch"

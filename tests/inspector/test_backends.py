@@ -40,6 +40,23 @@ def test_onnxruntime_backend_follows_the_artifact_contract(tmp_path, tiny_artifa
     assert out[1][0].score == pytest.approx(0.2, abs=1e-3) and out[1][0].box == pytest.approx((2, 12, 10, 24))
 
 
+def test_artifact_backends_share_one_frame_helper(monkeypatch, tmp_path, tiny_artifact):
+    """ONNX Runtime and TensorRT map frames <-> graph through ``inspector.backends.frames`` only: a change there
+    (e.g. letterboxing) reaches both, so the two backends cannot drift apart."""
+    from inspector.backends import frames, onnxruntime, tensorrt
+
+    for module in (onnxruntime, tensorrt):
+        assert module.resize_batch is frames.resize_batch
+        assert module.detections_from_outputs is frames.detections_from_outputs
+    assert not hasattr(onnxruntime.OnnxRuntimeBackend, "_prepare")
+    calls: list[tuple[int, int]] = []
+    real = frames.resize_batch
+    monkeypatch.setattr(onnxruntime, "resize_batch", lambda f, size: calls.append(size) or real(f, size))
+    backend = load_backend("onnxruntime", tiny_artifact(tmp_path / "plain", with_template=False))
+    backend.detect([np.zeros((48, 64, 3), np.uint8)], [None])
+    assert calls == [(32, 32)]  # (height, width) of the graph input, as frames.resize_batch takes it
+
+
 def test_onnxruntime_backend_feeds_the_template(tmp_path, tiny_artifact):
     backend = load_backend("onnxruntime", tiny_artifact(tmp_path / "tr", with_template=True))
     assert backend.needs_template
