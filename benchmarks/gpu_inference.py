@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import sys
 import tempfile
 import time
@@ -287,7 +288,9 @@ def backend_variant(artifact: Path, frame: np.ndarray, template: np.ndarray | No
     """The daemon's path: ``TensorRTBackend.detect`` on a uint8 frame (host -> device -> detections)."""
     from inspector.backends.tensorrt import TensorRTBackend
 
-    backend = TensorRTBackend(artifact, cache_dir=workdir / "engine-cache")
+    import torch
+
+    backend = TensorRTBackend(artifact, cache_dir=workdir / "engine-cache", device=torch.cuda.current_device())
     return (lambda: backend.detect([frame], [template])), backend.close
 
 
@@ -360,7 +363,7 @@ def summary_lines(results: list[Result], size: tuple[int, int]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (smoke mode: eager only)")
-    parser.add_argument("--size", type=int, nargs="+", default=list(DEFAULT_SIZE), metavar="H [W]",
+    parser.add_argument("--size", type=int, nargs="+", default=list(DEFAULT_SIZE), metavar="N",
                         help="graph input size, multiples of 32 (one value: square); default 800 1344")
     parser.add_argument("--depth", type=int, default=50, choices=(18, 34, 50, 101),
                         help="ResNet depth of the default model (ignored with --config/--checkpoint)")
@@ -375,6 +378,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep the compiled TensorRT artifact here (default: a temporary directory)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
+    if args.device != "cpu" and not re.fullmatch(r"cuda(:\d+)?", args.device):
+        parser.error(f"--device {args.device!r}: use cuda, cuda:N or cpu")
     if len(args.size) == 1:
         args.size = [args.size[0], args.size[0]]
     if len(args.size) != 2 or any(v <= 0 or v % 32 for v in args.size):
@@ -401,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--device {args.device}: torch sees no CUDA device (use --device cpu for the smoke mode)",
                   file=sys.stderr)
             return 2
-        torch.cuda.set_device(torch.device(args.device))
+        index = torch.device(args.device).index
+        if index is not None:
+            torch.cuda.set_device(index)
         torch.backends.cudnn.benchmark = True  # fixed input size: autotune convolutions, as TensorRT does
 
     cfg = model_config(args)

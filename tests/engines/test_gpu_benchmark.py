@@ -77,6 +77,7 @@ def test_a_failing_variant_is_reported_not_raised() -> None:
     (["--size", "64", "64", "64"], "one or two"),
     (["--config", "missing.yaml"], "--config: file not found: missing.yaml"),
     (["--iters", "0"], "--iters must be >= 1"),
+    (["--device", "mps"], "use cuda, cuda:N or cpu"),
 ])
 def test_bad_options_name_the_option(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
