@@ -33,6 +33,7 @@ from inspector.backends.base import Detection, DetectorBackend
 from inspector.bus import SCHEMA_VERSION, AlarmBus, AlarmSequencer
 from inspector.config import SEVERITY_RANK, CameraConfig, StationConfig
 from inspector.db.models import Alarm, BusSession, DetectionRow, Frame
+from inspector.detector_strikes import DetectorStrikes
 from inspector.ingest import FrameJob, sha256_bytes
 from inspector.logging_json import log_fields
 from inspector.naming import FrameName, FrameNameError, parse_frame_name
@@ -186,12 +187,8 @@ class Pipeline:
         self.stage_hooks: list[StageHook] = []
         self.frame_hooks: list[FrameHook] = []
         self.counts: Counter[str] = Counter()
-        # Detector hangs per frame (content hash) -> (strikes, detector successes at the last hang). A hang only
-        # counts against a frame when the detector answered other frames since its previous hang: then the frame
-        # is the cause, not the victim of a stalled runtime, and after MAX_DETECTOR_TIMEOUTS it is quarantined
-        # instead of hanging the line forever.
-        self.detector_timeouts: dict[str, tuple[int, int]] = {}
-        self.detector_successes = 0
+        # Detector hangs per frame content, updated from every analysis thread (see detector_strikes).
+        self.strikes = DetectorStrikes(MAX_DETECTOR_TIMEOUTS)
         self._lock = threading.Lock()  # serialises commit(): gap-free sequence in commit order
         self._detect_lock = threading.Lock()  # for backends that are not ``thread_safe``
         self.configure(cfg)
@@ -266,18 +263,13 @@ class Pipeline:
                 with self._detect_lock:
                     a.detections = self.backend.detect([a.image], [a.template])[0]
             a.t_result = laps.lap("detect")
-            self.detector_successes += 1
-            self.detector_timeouts.pop(a.digest, None)
+            self.strikes.success(a.digest)
         except Quarantine as q:
             a.kind, a.q_kind, a.q_message = "quarantine", q.kind, q.message
         except DetectorTimeout:
-            strikes, seen = self.detector_timeouts.get(a.digest, (0, -1))
-            if seen < self.detector_successes:  # first hang, or the detector worked for others since the last one
-                strikes += 1
-            self.detector_timeouts[a.digest] = (strikes, self.detector_successes)
-            if strikes < MAX_DETECTOR_TIMEOUTS:
+            strikes = self.strikes.timeout(a.digest)
+            if strikes is None:
                 raise  # probably the detector, not the frame: the daemon keeps the frame and retries it
-            del self.detector_timeouts[a.digest]
             a.kind, a.q_kind = "quarantine", "detector_timeout"
             a.q_message = (f"the detector hung on this frame {strikes} times while answering other frames "
                            "(backend restarted in between)")
