@@ -318,6 +318,11 @@ class Pipeline:
                 raise Quarantine("no_template", f"no active template for camera '{cam.id}' position "
                                                 f"'{name.position}' and the model needs one")
             return None, None, None, None
+        if active.image.shape[:2] != image.shape[:2]:
+            # A camera that changed resolution must be noticed, not compared against a stretched reference.
+            (h, w), (th, tw) = image.shape[:2], active.image.shape[:2]
+            raise Quarantine("wrong_size", f"frame {w}x{h} vs template {tw}x{th} (camera '{cam.id}' position "
+                                           f"'{name.position}', template {active.id})")
         a = self.cfg.alignment
         result = align_template(image, active.image, a.method, a.max_shift, a.downscale)
         return result.template, active.id, result.shift, result.response

@@ -66,6 +66,10 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_with space.png": "bad_name",
         "P1_ünïcode.png": "bad_name",
         "P1_a..b.png": "bad_name",
+        # Wrong size for the station's template: a camera that changed resolution is noticed, never compared
+        # against a stretched reference.
+        "P1_wrongsize.png": "wrong_size",
+        "P1_tiny.png": "wrong_size",
     }
     inputs: dict[str, bytes] = {
         "P1_empty.png": b"",
@@ -91,11 +95,10 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_tiff.tiff": encode(good, ".tiff"),
         "P1_samecontent.png": png,  # same bytes as another frame under a new name: its own row
     }
-    # Wrong size for the station: quarantined or processed, never a crash (kind not pinned: daemon's policy).
-    small = encode(cv2.resize(good, (FRAME_SIZE // 2, FRAME_SIZE // 2)), ".png")
+    inputs["P1_wrongsize.png"] = encode(cv2.resize(good, (FRAME_SIZE // 2, FRAME_SIZE // 2)), ".png")
+    inputs["P1_tiny.png"] = encode(good[:1, :1], ".png")
     # A grayscale frame at a colour station decodes to 3 equal channels: processed, whatever the verdict.
-    either: dict[str, bytes] = {"P1_wrongsize.png": small, "P1_tiny.png": encode(good[:1, :1], ".png"),
-                                "P1_gray.png": encode(gray, ".png")}
+    either: dict[str, bytes] = {"P1_gray.png": encode(gray, ".png")}
 
     goods: list[str] = []
     for i, (name, data) in enumerate([*inputs.items(), *processed.items(), *either.items()]):
@@ -141,6 +144,9 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         assert row["reason"] and str(row["reason"]).startswith(kind), f"{name}: {row['reason']}"
         assert name in reasons and reasons[name]["reason"], f"{name}: no .reason.json beside it"
         assert Path(str(row["stored_path"])).is_file()
+    half = FRAME_SIZE // 2
+    assert f"frame {half}x{half} vs template {FRAME_SIZE}x{FRAME_SIZE}" in rows["P1_wrongsize.png"]["reason"]
+    assert f"frame 1x1 vs template {FRAME_SIZE}x{FRAME_SIZE}" in reasons["P1_tiny.png"]["reason"]
     for name in either:
         assert rows[name]["status"] in ("ok", "defective", "quarantined")
         if rows[name]["status"] == "quarantined":
