@@ -9,9 +9,12 @@ subscriber notices a missed *last* alarm too; a crash shows as missing heartbeat
 ZeroMQ sockets are not thread-safe, but may be used from several threads one at a time behind a full memory
 barrier (the guide's socket migration rule): the PUB socket sits behind a lock and the committing thread sends
 an alarm itself, right after its commit, with no thread hand-over in the latency path (issue target: published
-<= 20 ms after the detection result). The bus thread owns the ROUTER (replay), sends heartbeats through the same
-lock, and marks published alarms in the database in batches (one small write every MARK_PERIOD_S, so it does
-not compete with the frame commits for SQLite's single writer).
+<= 20 ms after the detection result). The bus thread owns the ROUTER (replay) and sends heartbeats through the
+same lock; it never writes to the database, so a locked database (another writer holding SQLite's lock for up
+to the busy timeout) cannot delay a heartbeat and make a healthy station look dead. A small marker thread marks
+published alarms in the database in batches (one small write every MARK_PERIOD_S, so it does not compete with
+the frame commits for SQLite's single writer). The mark is informational: exactly-once and replay rest on the
+alarm rows and their sequence, committed with the frame; a mark that fails is retried with the next batch.
 """
 from __future__ import annotations
 
@@ -98,6 +101,7 @@ class AlarmBus:
         self._pub_lock = threading.Lock()  # every PUB send, from any thread, holds it
         self._to_mark: list[int] = []  # alarm ids published, not yet marked in the DB (under _pub_lock)
         self._thread: threading.Thread | None = None
+        self._marker: threading.Thread | None = None
         self._stop = threading.Event()
         self.published_seq = 0
         self.published_count = 0
@@ -128,6 +132,8 @@ class AlarmBus:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="alarm-bus", daemon=True)
         self._thread.start()
+        self._marker = threading.Thread(target=self._mark_loop, name="alarm-marker", daemon=True)
+        self._marker.start()
         prev_id, prev_seq = self.previous
         self.send_status("birth", {"previous_session": prev_id, "previous_last_seq": prev_seq})
 
@@ -139,6 +145,9 @@ class AlarmBus:
         self._stop.set()
         self._thread.join(timeout)
         self._thread = None
+        if self._marker is not None:
+            self._marker.join(timeout)
+            self._marker = None
         self._flush_marks()
         with self._pub_lock:
             pub, self._pub = self._pub, None
@@ -181,21 +190,22 @@ class AlarmBus:
         router = self._router
         assert router is not None
         next_beat = time.monotonic() + self.heartbeat_s
-        next_mark = time.monotonic() + MARK_PERIOD_S
         try:
             while not self._stop.is_set():
-                wake = min(next_beat, next_mark, time.monotonic() + 0.2)  # 0.2 s: notice stop promptly
+                wake = min(next_beat, time.monotonic() + 0.2)  # 0.2 s: notice stop promptly
                 if router.poll(max(0, int((wake - time.monotonic()) * 1000)), zmq.POLLIN):
                     self._serve_replay(router)
                 now = time.monotonic()
-                if now >= next_mark:
-                    self._flush_marks()
-                    next_mark = now + MARK_PERIOD_S
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + self.heartbeat_s
         except Exception:  # noqa: BLE001 - the bus thread must report, not vanish
             log.exception("alarm bus thread failed")
+
+    def _mark_loop(self) -> None:
+        """Marker thread: flush the published-alarm marks every MARK_PERIOD_S (``stop`` does the last one)."""
+        while not self._stop.wait(MARK_PERIOD_S):
+            self._flush_marks()
 
     def _flush_marks(self) -> None:
         with self._pub_lock:
@@ -206,7 +216,9 @@ class AlarmBus:
             with self.factory.begin() as db:
                 db.execute(update(Alarm).where(Alarm.id.in_(ids)).values(state="published"))
         except Exception:  # noqa: BLE001 - state is informational; never lose the bus over it
-            log.exception("cannot mark alarms published")
+            log.exception("cannot mark alarms published; retrying with the next batch")
+            with self._pub_lock:
+                self._to_mark[:0] = ids
 
     def _heartbeat(self) -> None:
         body: dict[str, object] = {"schema": SCHEMA_VERSION, "type": "heartbeat", "station": self.station,
