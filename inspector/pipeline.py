@@ -111,6 +111,10 @@ class _Laps:
         self._t = time.perf_counter()
         self._c = time.thread_time()
 
+    def charge_cpu(self, stage: str, seconds: float) -> None:
+        """Add CPU time another thread spent for ``stage`` (the supervisor's detector worker runs inference)."""
+        self.cpu_ms[stage] = self.cpu_ms.get(stage, 0.0) + seconds * 1000.0
+
     def lap(self, stage: str) -> float:
         now, cpu = time.perf_counter(), time.thread_time()
         self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._t) * 1000.0
@@ -263,6 +267,7 @@ class Pipeline:
                 with self._detect_lock:
                     a.detections = self.backend.detect([a.image], [a.template])[0]
             a.t_result = laps.lap("detect")
+            laps.charge_cpu("detect", float(getattr(self.backend, "last_detect_cpu_s", 0.0)))
             self.strikes.success(a.digest)
         except Quarantine as q:
             a.kind, a.q_kind, a.q_message = "quarantine", q.kind, q.message

@@ -92,6 +92,7 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
+    cpu_s: float = 0.0  # the worker thread's CPU time spent in ``fn``
 
 
 class _Worker:
@@ -107,22 +108,29 @@ class _Worker:
             job = self._jobs.get()
             if job is None:
                 return
+            cpu0 = time.thread_time()
             try:
                 job.result = job.fn()
             except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
                 job.error = exc
             finally:
+                job.cpu_s = time.thread_time() - cpu0
                 job.done.set()
 
     def call(self, fn: Callable[[], Any], timeout_s: float) -> Any:
         """Run ``fn`` on the worker; raise TimeoutError if it does not finish within ``timeout_s``."""
+        return self.call_timed(fn, timeout_s)[0]
+
+    def call_timed(self, fn: Callable[[], Any], timeout_s: float) -> tuple[Any, float]:
+        """``call``, also returning the worker thread's CPU seconds in ``fn``: the caller's own thread CPU time
+        only shows the wait, so per-stage CPU figures would otherwise miss the inference itself."""
         job = _Job(fn)
         self._jobs.put(job)
         if not job.done.wait(timeout_s):
             raise TimeoutError(f"worker call exceeded {timeout_s:g}s")
         if job.error is not None:
             raise job.error
-        return job.result
+        return job.result, job.cpu_s
 
     def post(self, fn: Callable[[], Any]) -> None:
         """Queue ``fn`` without waiting (used to close a backend whose worker may be hung)."""
@@ -207,6 +215,7 @@ class SupervisedDetector:
         self.state = HEALTHY
         self.reason = ""
         self.restarts = 0
+        self._calls = threading.local()  # per analysis thread: worker CPU of its last detect
         self._start_backend(initial=True)
 
     # --- the DetectorBackend surface -------------------------------------------------------------------------
@@ -217,6 +226,12 @@ class SupervisedDetector:
     @property
     def needs_template(self) -> bool:
         return self._require_backend().needs_template
+
+    @property
+    def last_detect_cpu_s(self) -> float:
+        """CPU seconds the worker thread spent in the calling thread's last ``detect`` (0 before any).
+        Per calling thread, so concurrent analysis threads each read their own frame's figure."""
+        return getattr(self._calls, "cpu_s", 0.0)
 
     def detect(
         self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]
@@ -230,8 +245,9 @@ class SupervisedDetector:
             worker = crew.acquire()
             if worker is not None:
                 break  # else: that backend was dropped while we waited; take the new one
+        self._calls.cpu_s = 0.0
         try:
-            result = worker.call(lambda: backend.detect(images, templates), self.timeout_s)
+            result, self._calls.cpu_s = worker.call_timed(lambda: backend.detect(images, templates), self.timeout_s)
         except TimeoutError:
             self._emit("timeout")
             with self._lock:

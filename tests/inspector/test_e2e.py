@@ -216,3 +216,27 @@ def test_subscriber_recovers_an_unpublished_alarm_across_a_restart(make_config, 
     assert [(a["session"], a["seq"]) for a in tail.alarms] == [
         (old_session, 1), (old_session, 2), (second.sequencer.session_id, 1)]
     assert [a["frame"] for a in tail.alarms] == ["P00_c1.jpg", "P00_c2.jpg", "P01_c3.jpg"]
+
+
+def test_detect_cpu_includes_the_supervisor_workers_inference(make_config, start_daemon, frames, wait):
+    """Per-stage CPU (benchmarks/daemon_throughput.py) charges inference to 'detect' although it runs on the
+    supervisor's worker thread, not on the analysis thread whose clock the stopwatch reads."""
+    import time as _time
+
+    from inspector.backends.difference import DifferenceBackend
+
+    class BusyDifference(DifferenceBackend):
+        def detect(self, images, templates):
+            end = _time.thread_time() + 0.04
+            while _time.thread_time() < end:
+                pass
+            return super().detect(images, templates)
+
+    cfg = make_config()
+    daemon = start_daemon(cfg, backend=BusyDifference())
+    outcomes = []
+    daemon.pipeline.frame_hooks.append(outcomes.append)
+    frames.drop(cfg.cameras[0].drop_folder, "P00_busy.jpg", 0)
+    wait(lambda: len(outcomes) == 1)
+    assert outcomes[0].status in ("ok", "defective")
+    assert outcomes[0].stage_cpu_ms["detect"] >= 38.0

@@ -268,3 +268,42 @@ def test_concurrent_callers_survive_a_hang_of_a_shared_backend() -> None:
     assert sup.restarts == 1 and sup.state == HEALTHY
     gates[0].set()
     sup.close()
+
+
+class _BusyBackend:
+    """Spends ~``cpu_s`` of CPU per detect (a real busy loop), like inference does on the worker thread."""
+
+    class_names = ("bright",)
+    needs_template = False
+
+    def __init__(self, cpu_s: float) -> None:
+        self.cpu_s = cpu_s
+
+    def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
+        end = time.thread_time() + self.cpu_s
+        while time.thread_time() < end:
+            pass
+        return [[] for _ in images]
+
+    def close(self) -> None:
+        pass
+
+
+def test_detect_reports_the_worker_threads_cpu_time_to_its_caller() -> None:
+    """Inference runs on the supervisor's worker thread, so the analysis thread's own CPU clock misses it: the
+    worker's figure comes back with the result, per calling thread (the daemon benchmark's detect CPU)."""
+    sup = SupervisedDetector(lambda: _BusyBackend(0.05), timeout_s=10.0, budget=RestartBudget(3, 60.0))
+    try:
+        assert sup.last_detect_cpu_s == 0.0
+        caller0 = time.thread_time()
+        sup.detect([_frame()], [None])
+        caller = time.thread_time() - caller0
+        assert sup.last_detect_cpu_s >= 0.045  # the busy loop's CPU, measured on the worker
+        assert caller < 0.045  # the caller only waited
+        seen: list[float] = []
+        other = threading.Thread(target=lambda: seen.append(sup.last_detect_cpu_s))
+        other.start()
+        other.join(5)
+        assert seen == [0.0]  # another analysis thread does not read this thread's figure
+    finally:
+        sup.close()
