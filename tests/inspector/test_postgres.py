@@ -3,35 +3,16 @@
 Needs a server: ``eval "$(.ci/postgres.sh)"`` exports RDDN_TEST_POSTGRES_URL. Each test gets its own database."""
 from __future__ import annotations
 
-import os
-import uuid
-
 import pytest
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text
 
 from inspector.db import Alarm, Frame
 
 pytestmark = pytest.mark.postgres
-URL = os.environ.get("RDDN_TEST_POSTGRES_URL")
 
 
-@pytest.fixture
-def pg_url():
-    if not URL:
-        pytest.skip("RDDN_TEST_POSTGRES_URL not set: no PostgreSQL on this machine (.ci/postgres.sh starts one)")
-    name = f"rddn_inspector_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def test_daemon_on_postgresql(pg_url, make_config, start_daemon, frames, tails, wait):
-    cfg = make_config(database_url=pg_url)
+def test_daemon_on_postgresql(fresh_postgres_url, make_config, start_daemon, frames, tails, wait):
+    cfg = make_config(database_url=fresh_postgres_url)
     daemon = start_daemon(cfg)
     drop = cfg.cameras[0].drop_folder
     for i in range(3):

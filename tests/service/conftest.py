@@ -43,25 +43,3 @@ def bus_listener() -> Iterator[Callable[..., BusListener]]:
     yield make
     for listener in made:
         listener.close()
-
-
-@pytest.fixture()
-def fresh_postgres_url() -> Iterator[str]:
-    """A new, empty database on the shared test server (``RDDN_TEST_POSTGRES_URL``), dropped afterwards."""
-    import os
-    import uuid
-
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    base = os.environ.get("RDDN_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("RDDN_TEST_POSTGRES_URL not set: no PostgreSQL on this machine (.ci/postgres.sh starts one)")
-    name = f"rddn_svc_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
