@@ -11,6 +11,8 @@ Frames are stretched to the input size and boxes scaled back per axis by ``inspe
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,6 +22,8 @@ import numpy as np
 from engines.artifact import ArtifactMetadata, sha256_file
 from inspector.backends.base import Detection
 from inspector.backends.frames import OUTPUT_NAMES, detections_from_outputs, resize_batch
+
+_log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------ device memory
@@ -190,8 +194,9 @@ class TensorRTBackend:
             from engines import tensorrt_build, tensorrt_plugins
 
             tensorrt_plugins.register_plugins(tensorrt_build.current_gpu_arch())
-        except ImportError:
-            pass
+        except ImportError as exc:
+            # not fatal: AOT plugins are embedded in the engine; say so, since a failing deserialize follows
+            _log.info("TensorRT plugin definitions not registered (%s); relying on the engine's AOT plugins", exc)
 
     def _collect_bindings(self) -> dict[str, _Binding]:
         trt, engine = self._trt, self._engine
