@@ -7,7 +7,7 @@ import torch
 
 from training.data.dataset import collate_batch
 from training.data.sample import Sample
-from training.data.transforms import HorizontalFlip, Resize, build_transforms, resize_scale, unscale_boxes
+from training.data.transforms import Flip, Resize, Rotate90, build_transforms, resize_scale, unscale_boxes
 
 
 def _marked_sample(h: int = 60, w: int = 100) -> Sample:
@@ -18,12 +18,61 @@ def _marked_sample(h: int = 60, w: int = 100) -> Sample:
 
 
 def test_flip_known_box() -> None:
-    s = HorizontalFlip(p=1.0)(_marked_sample())
+    s = Flip(p=1.0)(_marked_sample())
     np.testing.assert_array_equal(s.boxes, [[50, 10, 80, 30]])  # x1' = W - x2, x2' = W - x1 with W = 100
     ys, xs = np.nonzero(s.image[..., 0])
     assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (50, 80, 10, 30)
     np.testing.assert_array_equal(s.image, s.template)
-    assert HorizontalFlip(p=0.0)(_marked_sample()).boxes.tolist() == [[20, 10, 50, 30]]
+    assert Flip(p=0.0)(_marked_sample()).boxes.tolist() == [[20, 10, 50, 30]]
+
+
+def _box_of_marks(a: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(a[..., 0])
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_vertical_flip_known_box() -> None:
+    s = Flip(p=1.0, axis="vertical")(_marked_sample())
+    np.testing.assert_array_equal(s.boxes, [[20, 30, 50, 50]])  # y1' = H - y2, y2' = H - y1 with H = 60
+    assert _box_of_marks(s.image) == (20, 30, 50, 50)
+    np.testing.assert_array_equal(s.image, s.template)
+    with pytest.raises(ValueError, match="axis"):
+        Flip(p=1.0, axis="diagonal")
+
+
+def test_rotate90_known_box() -> None:
+    sample = _marked_sample()  # 60 x 100 (H x W), marks at x 20..50, y 10..30
+    s = Rotate90(p=1.0)(sample)
+    assert s.image.shape == (100, 60, 3) and s.template.shape == s.image.shape
+    np.testing.assert_array_equal(s.boxes, [[10, 50, 30, 80]])  # (y1, W - x2, y2, W - x1), W = 100
+    assert _box_of_marks(s.image) == (10, 50, 30, 80)
+    np.testing.assert_array_equal(s.image, s.template)
+    # an asymmetric template proves the template turns with the image (not only equal-by-construction pairs)
+    t = sample.template.copy()
+    t[0, 0] = 7
+    turned = Rotate90(p=1.0)(Sample(image=sample.image, template=t, boxes=sample.boxes, labels=sample.labels))
+    assert turned.template[100 - 1, 0, 0] == 7  # pixel (x=0, y=0) -> (x=y, y=W-1-x) = (0, 99)
+    assert Rotate90(p=0.0)(sample) is sample
+
+
+def test_three_symmetries_draw_all_eight_orientations() -> None:
+    """hflip, vflip and rot90 at 0.5 each give the 8 symmetries of the square with equal frequency."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[0, 1] = 255  # one mark off every symmetry axis: each of the 8 orientations puts it elsewhere
+    sample = Sample(image=image, template=image.copy(), boxes=[[1, 0, 2, 1]], labels=[1])
+    t = build_transforms(True, train_short_sizes=(8, 8), train_max_size=8, flip_prob=0.5, vflip_prob=0.5,
+                         rot90_prob=0.5)
+    rng = np.random.default_rng(0)
+    seen: dict[tuple[int, int], int] = {}
+    for _ in range(800):
+        ts = t(sample, rng)
+        assert torch.equal(ts.image, ts.template)
+        ys, xs = torch.nonzero(ts.image[0], as_tuple=True)
+        x1, y1, x2, y2 = ts.boxes[0].int().tolist()
+        assert (x1, y1, x2, y2) == (int(xs[0]), int(ys[0]), int(xs[0]) + 1, int(ys[0]) + 1), "box left its mark"
+        seen[(int(xs[0]), int(ys[0]))] = seen.get((int(xs[0]), int(ys[0])), 0) + 1
+    assert len(seen) == 8
+    assert min(seen.values()) > 70 and max(seen.values()) < 130  # 100 each expected
 
 
 def test_resize_scales_image_template_and_boxes_together() -> None:

@@ -49,7 +49,9 @@ class DataConfig(BaseModel):
     train_max_size: int = Field(1600, gt=0)
     test_short_size: int = Field(800, gt=0)
     test_max_size: int = Field(1600, gt=0)
-    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)  # horizontal flip (the paper's augmentation)
+    vflip_prob: float = Field(0.0, ge=0.0, le=1.0)  # vertical flip
+    rot90_prob: float = Field(0.0, ge=0.0, le=1.0)  # 90-degree rotation; 0.5/0.5/0.5: all 8 square symmetries
     size_divisor: int = Field(32, gt=0)  # collate pads H and W to a multiple of this
     bad_data: Literal["skip", "fail"] = "skip"
     # training side only: add every template as an extra defect-free sample (normal samples for PTG on
@@ -208,6 +210,8 @@ def build_dataset(cfg: DataConfig, train: bool) -> DetectionDataset:
         test_short_size=cfg.test_short_size,
         test_max_size=cfg.test_max_size,
         flip_prob=cfg.flip_prob,
+        vflip_prob=cfg.vflip_prob,
+        rot90_prob=cfg.rot90_prob,
     )
     return DetectionDataset(reader, transform)
 

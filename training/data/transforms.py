@@ -71,8 +71,42 @@ class Resize:
 
 
 @dataclass
-class HorizontalFlip:
-    """Mirror image, template and boxes left-right with probability ``p``."""
+class Flip:
+    """Mirror image, template and boxes with probability ``p``: ``axis="horizontal"`` (left-right) or
+    ``"vertical"`` (top-bottom)."""
+
+    p: float = 0.5
+    axis: str = "horizontal"
+
+    def __post_init__(self) -> None:
+        if self.axis not in ("horizontal", "vertical"):
+            raise ValueError(f"Flip axis must be 'horizontal' or 'vertical', got {self.axis!r}")
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        if self.p <= 0.0 or _uniform(rng) >= self.p:
+            return sample
+        horizontal = self.axis == "horizontal"
+        size = sample.width if horizontal else sample.height
+        lo, hi = (0, 2) if horizontal else (1, 3)
+        boxes = sample.boxes.copy()
+        boxes[:, [lo, hi]] = size - sample.boxes[:, [hi, lo]]
+
+        def mirror(a: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(a[:, ::-1] if horizontal else a[::-1])
+
+        template = None if sample.template is None else mirror(sample.template)
+        return replace(sample, image=mirror(sample.image), template=template, boxes=boxes)
+
+
+@dataclass
+class Rotate90:
+    """Rotate image, template and boxes by 90 degrees counter-clockwise with probability ``p``.
+
+    Together with a horizontal and a vertical :class:`Flip` at p = 0.5 each this draws uniformly from the 8
+    symmetries of the square (rot90 o {identity, h, v, h+v} are the other four), the augmentation that suits
+    boards whose tracks and defects have no preferred orientation. A pixel (x, y) of a W-wide image goes to
+    (y, W - 1 - x); a box x1y1x2y2 to (y1, W - x2, y2, W - x1).
+    """
 
     p: float = 0.5
 
@@ -80,10 +114,10 @@ class HorizontalFlip:
         if self.p <= 0.0 or _uniform(rng) >= self.p:
             return sample
         w = sample.width
-        boxes = sample.boxes.copy()
-        boxes[:, [0, 2]] = w - sample.boxes[:, [2, 0]]
-        template = None if sample.template is None else np.ascontiguousarray(sample.template[:, ::-1])
-        return replace(sample, image=np.ascontiguousarray(sample.image[:, ::-1]), template=template, boxes=boxes)
+        b = sample.boxes
+        boxes = np.stack([b[:, 1], w - b[:, 2], b[:, 3], w - b[:, 0]], axis=1).astype(np.float32)
+        template = None if sample.template is None else np.ascontiguousarray(np.rot90(sample.template))
+        return replace(sample, image=np.ascontiguousarray(np.rot90(sample.image)), template=template, boxes=boxes)
 
 
 @dataclass
@@ -152,8 +186,16 @@ def build_transforms(
     test_short_size: int = 800,
     test_max_size: int = 1600,
     flip_prob: float = 0.5,
+    vflip_prob: float = 0.0,
+    rot90_prob: float = 0.0,
 ) -> Compose:
-    """The paper's pipeline: multi-scale + flip for training, a fixed resize for testing."""
+    """The paper's pipeline (multi-scale + horizontal flip for training, a fixed resize for testing), plus the
+    optional vertical flip and 90-degree rotation (all eight square symmetries at 0.5 / 0.5 / 0.5)."""
     if train:
-        return Compose([Resize(tuple(train_short_sizes), train_max_size), HorizontalFlip(flip_prob)])
+        return Compose([
+            Resize(tuple(train_short_sizes), train_max_size),
+            Flip(flip_prob, "horizontal"),
+            Flip(vflip_prob, "vertical"),
+            Rotate90(rot90_prob),
+        ])
     return Compose([Resize((test_short_size, test_short_size), test_max_size)])
