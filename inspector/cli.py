@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from inspector.config import ConfigError, StationConfig, load_station_config
+from inspector.review import FRAME_STATES
 
 
 def parse_time(text: str) -> datetime:
@@ -120,8 +121,8 @@ def cmd_templates_list(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from inspector.db.migrate import upgrade_database
     from inspector.db.session import make_engine, make_session_factory
-    from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
-                                   summary_per_day)
+    from inspector.history import (HistoryFilter, as_records, query_history, query_review_events, render,
+                                   summary_per_class, summary_per_day)
 
     station = args.station
     if args.db:
@@ -134,10 +135,13 @@ def cmd_history(args: argparse.Namespace) -> int:
     engine = make_engine(url)
     upgrade_database(engine)
     f = HistoryFilter(station=station, camera=args.camera, position=args.position, cls=args.cls, since=args.since,
-                      until=args.until, min_score=args.min_score, status=args.status, limit=args.limit)
+                      until=args.until, min_score=args.min_score, status=args.status, review=args.review,
+                      limit=args.limit)
     try:
         with make_session_factory(engine)() as db:
-            if args.summary in ("class", "day", "both"):
+            if args.reviews:
+                print(render(query_review_events(db, f), args.format))
+            elif args.summary in ("class", "day", "both"):
                 out: dict[str, object] = {}
                 if args.summary in ("class", "both"):
                     out["per_class"] = summary_per_class(db, f)
@@ -246,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", type=parse_time)
     p.add_argument("--min-score", type=float)
     p.add_argument("--status", choices=("ok", "defective", "quarantined"))
+    p.add_argument("--review", choices=FRAME_STATES, help="frames in this review state")
+    p.add_argument("--reviews", action="store_true",
+                   help="list the review decisions (who, when, what; --since/--until: decision time)")
     p.add_argument("--limit", type=int, default=1000)
     p.add_argument("--summary", choices=("none", "class", "day", "both"), default="none")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")

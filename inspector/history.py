@@ -1,7 +1,9 @@
 """``inspector history``: what the station saw, from the results database.
 
-One query builder (filters: station, camera, position, class, time range, min score, status) feeding three
-renderings (aligned table, CSV, JSON) and two summaries (detections per class, frames per day and status).
+One query builder (filters: station, camera, position, class, time range, min score, status, review state)
+feeding three renderings (aligned table, CSV, JSON), two summaries (detections per class, frames per day and
+status) and the review log (who decided what, when: ``--reviews``). Every row carries the frame's review state
+and the detection's verdict, derived from the append-only review events (``inspector.review``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Iterable, Literal
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from inspector.db.models import Camera, DetectionRow, Frame
+from inspector.db.models import Camera, DetectionRow, Frame, FrameReview, ReviewEvent
+from inspector.review import review_states
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,7 @@ class HistoryFilter:
     until: datetime | None = None
     min_score: float | None = None
     status: str | None = None
+    review: str | None = None  # unreviewed | partial | confirmed | false_call | corrected
     limit: int = 1000
 
 
@@ -44,6 +48,8 @@ class HistoryRow:
     score: float | None
     box: str | None
     reason: str | None
+    review: str  # the frame's review state
+    verdict: str | None  # the detection's: confirmed | false_call | wrong_class:<class> | unreviewed
 
 
 def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
@@ -62,6 +68,11 @@ def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
         query = query.where(Frame.processed_at < f.until)
     if f.status:
         query = query.where(Frame.status == f.status)
+    if f.review == "unreviewed":
+        query = query.where(~select(FrameReview.frame_id).where(FrameReview.frame_id == Frame.id).exists())
+    elif f.review:
+        query = query.where(select(FrameReview.frame_id).where(FrameReview.frame_id == Frame.id,
+                                                               FrameReview.state == f.review).exists())
     if join_detections and f.cls:
         query = query.where(DetectionRow.class_name == f.cls)
     if join_detections and f.min_score is not None:
@@ -73,13 +84,39 @@ def query_history(db: Session, f: HistoryFilter) -> list[HistoryRow]:
     """One row per detection (frames without detections: one row with empty class), newest first."""
     query = _filtered(select(Frame, Camera.name, DetectionRow), f, True)
     query = query.order_by(Frame.processed_at.desc(), Frame.id.desc()).limit(f.limit)
+    found = db.execute(query).all()
+    states = review_states(db, list({frame.id: frame for frame, _, _ in found}.values()))
     rows = []
-    for frame, camera, det in db.execute(query):
+    for frame, camera, det in found:
+        state = states[frame.id]
+        verdict = state.detections[det.id] if det else None
         rows.append(HistoryRow(
             frame.id, frame.processed_at.isoformat(timespec="seconds"), camera, frame.position, frame.serial,
             frame.name, frame.status, det.class_name if det else None, round(det.score, 4) if det else None,
-            f"{det.x1:.0f},{det.y1:.0f},{det.x2:.0f},{det.y2:.0f}" if det else None, frame.reason))
+            f"{det.x1:.0f},{det.y1:.0f},{det.x2:.0f},{det.y2:.0f}" if det else None, frame.reason, state.state,
+            None if verdict is None else
+            (f"wrong_class:{verdict.class_name}" if verdict.state == "wrong_class" else verdict.state)))
     return rows
+
+
+def query_review_events(db: Session, f: HistoryFilter) -> list[dict[str, object]]:
+    """The review log, newest first: one row per decision. ``since``/``until`` apply to the decision time,
+    the other filters to the frame."""
+    query = _filtered(select(ReviewEvent, Frame.name, Camera.name).join(Frame, Frame.id == ReviewEvent.frame_id),
+                      HistoryFilter(station=f.station, camera=f.camera, position=f.position, status=f.status,
+                                    review=f.review), False)
+    if f.since:
+        query = query.where(ReviewEvent.created_at >= f.since)
+    if f.until:
+        query = query.where(ReviewEvent.created_at < f.until)
+    if f.cls:
+        query = query.where(ReviewEvent.class_name == f.cls)
+    query = query.order_by(ReviewEvent.id.desc()).limit(f.limit)
+    return [{"event": e.id, "at": e.created_at.isoformat(timespec="seconds"), "reviewer": e.reviewer,
+             "frame_id": e.frame_id, "camera": camera, "frame": name, "detection_id": e.detection_id,
+             "action": e.action, "class": e.class_name, "target_event": e.target_event_id,
+             "box": None if e.x1 is None else f"{e.x1:.0f},{e.y1:.0f},{e.x2:.0f},{e.y2:.0f}", "comment": e.comment}
+            for e, name, camera in db.execute(query)]
 
 
 def summary_per_class(db: Session, f: HistoryFilter) -> list[dict[str, object]]:

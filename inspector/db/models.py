@@ -78,6 +78,8 @@ class Frame(Base):
         Index("ix_frames_camera_position_time", "camera_id", "position", "processed_at"),
         Index("ix_frames_processed_at", "processed_at"),
         Index("ix_frames_status", "status"),
+        Index("ix_frames_status_time", "status", "processed_at", "id"),  # keyset pages of the review list
+        Index("ix_frames_camera_time", "camera_id", "processed_at", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id", ondelete="CASCADE"))
@@ -136,7 +138,8 @@ class Alarm(Base):
 
     __tablename__ = "alarms"
     __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_alarms_session_seq"),
-                      Index("ix_alarms_created", "created_at"))
+                      Index("ix_alarms_created", "created_at"),
+                      Index("ix_alarms_frame", "frame_id", "severity"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("bus_sessions.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
@@ -145,3 +148,52 @@ class Alarm(Base):
     state: Mapped[str] = mapped_column(String(16), default="raised")
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReviewEvent(Base):
+    """One reviewer decision, append-only (a trigger refuses UPDATE): the current review state of a frame is
+    derived from its events (``inspector.review``), so every earlier decision stays in the history.
+
+    ``action`` on a detection (``detection_id`` set): ``confirm`` | ``false_call`` | ``wrong_class`` (with
+    ``class_name``). On the frame (``detection_id`` null): ``confirm`` / ``false_call`` (a verdict on all its
+    detections), ``missed`` (a defect the detector did not report: ``class_name`` and box ``x1..y2`` in frame
+    pixels), ``retract`` (withdraws the ``missed`` event ``target_event_id``, e.g. a badly drawn box)."""
+
+    __tablename__ = "review_events"
+    __table_args__ = (Index("ix_review_events_frame", "frame_id", "id"),
+                      Index("ix_review_events_created", "created_at"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
+    detection_id: Mapped[int | None] = mapped_column(ForeignKey("detections.id", ondelete="CASCADE"))
+    target_event_id: Mapped[int | None] = mapped_column(ForeignKey("review_events.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(16))
+    class_name: Mapped[str | None] = mapped_column(String(128))
+    x1: Mapped[float | None] = mapped_column(Float)
+    y1: Mapped[float | None] = mapped_column(Float)
+    x2: Mapped[float | None] = mapped_column(Float)
+    y2: Mapped[float | None] = mapped_column(Float)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FrameReview(Base):
+    """The current review state of one frame, recomputed from its ``review_events`` in the transaction that
+    appends an event (never edited otherwise; ``inspector.review.rebuild_frame_reviews`` re-derives all rows).
+    No row: unreviewed. ``state``: partial | confirmed | false_call | corrected. ``processed_at`` repeats the
+    frame's so the review-state filters page on this table's own index."""
+
+    __tablename__ = "frame_reviews"
+    __table_args__ = (Index("ix_frame_reviews_state_time", "state", "processed_at", "frame_id"),
+                      Index("ix_frame_reviews_time", "processed_at", "frame_id"))
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    false_calls: Mapped[int] = mapped_column(Integer, default=0)
+    reclassified: Mapped[int] = mapped_column(Integer, default=0)
+    missed: Mapped[int] = mapped_column(Integer, default=0)
+    pending: Mapped[int] = mapped_column(Integer, default=0)
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    last_reviewer: Mapped[str] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 
 from inspector.db import Base, DetectionRow, Frame, make_engine, upgrade_database
+from inspector.db.migrate import head_revision
 from inspector.db.records import ensure_station, open_station_database
 from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
                                summary_per_day)
@@ -28,7 +29,7 @@ def test_migrations_create_exactly_the_orm_schema_and_are_idempotent(tmp_path):
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
     engine.dispose()
 
 
