@@ -9,7 +9,7 @@ up as false alarms.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import cv2
 import numpy as np
@@ -21,6 +21,8 @@ class AlignResult:
     shift: tuple[float, float]  # (dx, dy): frame(x, y) ~= template(x - dx, y - dy)
     response: float  # phase-correlation peak (0..1) or ECC correlation; low means "did not lock"
     aligned: bool  # False when the estimate was rejected (too large) and the template used unshifted
+    difference: np.ndarray | None = None  # |frame - aligned template|, grey float32 at 1/scale (drift measure)
+    scale: int = 1  # the downscale factor of ``difference``
 
 
 MIN_SIDE_FOR_DOWNSCALE = 256  # below this many px per side after downscaling, correlation loses the peak
@@ -45,28 +47,36 @@ def _fit_size(template: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return cv2.resize(template, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def _phase_shift(f: np.ndarray, t: np.ndarray) -> tuple[float, float, float]:
+    window = cv2.createHanningWindow((f.shape[1], f.shape[0]), cv2.CV_32F)
+    # phaseCorrelate applies the window to its inputs IN PLACE: give it copies, f and t are used again after
+    (dx, dy), response = cv2.phaseCorrelate(t.copy(), f.copy(), window)
+    return dx, dy, float(response)
+
+
+def _ecc_shift(f: np.ndarray, t: np.ndarray, init: tuple[float, float], iterations: int) -> tuple[float, float, float]:
+    warp = np.array([[1, 0, init[0]], [0, 1, init[1]]], dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-4)
+    cc, warp = cv2.findTransformECC(t, f, warp, cv2.MOTION_TRANSLATION, criteria, None, 5)
+    # With (templateImage=t, inputImage=f) ECC finds W such that f(W(x)) ~= t(x): the frame is the template
+    # moved by +W, the same sign convention as phaseCorrelate(t, f).
+    return float(warp[0, 2]), float(warp[1, 2]), float(cc)
+
+
 def estimate_shift_phase(frame: np.ndarray, template: np.ndarray, downscale: int = 2) -> tuple[float, float, float]:
     """(dx, dy, response) by phase correlation on (optionally downscaled) grayscale with a Hann window."""
     downscale = effective_downscale(frame.shape, downscale)
-    f = _gray(frame, downscale)
-    t = _gray(template, downscale)
-    window = cv2.createHanningWindow((f.shape[1], f.shape[0]), cv2.CV_32F)
-    (dx, dy), response = cv2.phaseCorrelate(t, f, window)
-    return dx * downscale, dy * downscale, float(response)
+    dx, dy, response = _phase_shift(_gray(frame, downscale), _gray(template, downscale))
+    return dx * downscale, dy * downscale, response
 
 
 def estimate_shift_ecc(frame: np.ndarray, template: np.ndarray, init: tuple[float, float] = (0.0, 0.0),
                        downscale: int = 2, iterations: int = 50) -> tuple[float, float, float]:
     """Translation by ECC maximisation (Evangelidis & Psarakis), refining ``init``; slower, robust to contrast."""
     downscale = effective_downscale(frame.shape, downscale)
-    f = _gray(frame, downscale)
-    t = _gray(template, downscale)
-    warp = np.array([[1, 0, init[0] / downscale], [0, 1, init[1] / downscale]], dtype=np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, iterations, 1e-4)
-    cc, warp = cv2.findTransformECC(t, f, warp, cv2.MOTION_TRANSLATION, criteria, None, 5)
-    # With (templateImage=t, inputImage=f) ECC finds W such that f(W(x)) ~= t(x): the frame is the template
-    # moved by +W, the same sign convention as phaseCorrelate(t, f).
-    return float(warp[0, 2]) * downscale, float(warp[1, 2]) * downscale, float(cc)
+    dx, dy, cc = _ecc_shift(_gray(frame, downscale), _gray(template, downscale),
+                            (init[0] / downscale, init[1] / downscale), iterations)
+    return dx * downscale, dy * downscale, cc
 
 
 def warp_template(template: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -94,21 +104,29 @@ def warp_template(template: np.ndarray, dx: float, dy: float) -> np.ndarray:
 def align_template(frame: np.ndarray, template: np.ndarray, method: Literal["phase", "ecc", "none"] = "phase",
                    max_shift: float = 32.0, downscale: int = 2) -> AlignResult:
     """Warp ``template`` onto ``frame``. Estimates beyond ``max_shift`` px are rejected (wrong template or a
-    featureless image) and the template is used as is, flagged ``aligned=False``."""
+    featureless image) and the template is used as is, flagged ``aligned=False``.
+
+    The downscaled grey images the estimate works on are computed once and also give ``AlignResult.difference``
+    (|frame - shifted template| at that scale), from which ``alignment_residual`` measures template drift."""
     template = _fit_size(template, frame.shape)
+    ds = effective_downscale(frame.shape, downscale)
+    f, t = _gray(frame, ds), _gray(template, ds)
     if method == "none":
-        return AlignResult(template, (0.0, 0.0), 1.0, True)
-    dx, dy, response = estimate_shift_phase(frame, template, downscale)
+        return AlignResult(template, (0.0, 0.0), 1.0, True, cv2.absdiff(f, t), ds)
+    dx, dy, response = _phase_shift(f, t)
     if method == "ecc":
         try:
-            dx, dy, response = estimate_shift_ecc(frame, template, (dx, dy), downscale)
+            dx, dy, response = _ecc_shift(f, t, (dx, dy), 50)
         except cv2.error:
             pass  # ECC did not converge: keep the phase-correlation estimate
+    dx, dy = dx * ds, dy * ds
     if not (np.isfinite(dx) and np.isfinite(dy)) or max(abs(dx), abs(dy)) > max_shift:
-        return AlignResult(template, (0.0, 0.0), response, False)
+        return AlignResult(template, (0.0, 0.0), response, False, cv2.absdiff(f, t), ds)
     if abs(dx) < 1e-3 and abs(dy) < 1e-3:
-        return AlignResult(template, (0.0, 0.0), response, True)
-    return AlignResult(fill_uncovered(warp_template(template, dx, dy), frame, dx, dy), (dx, dy), response, True)
+        return AlignResult(template, (0.0, 0.0), response, True, cv2.absdiff(f, t), ds)
+    difference = cv2.absdiff(f, warp_template(t, dx / ds, dy / ds))
+    return AlignResult(fill_uncovered(warp_template(template, dx, dy), frame, dx, dy), (dx, dy), response, True,
+                       difference, ds)
 
 
 def fill_uncovered(warped: np.ndarray, frame: np.ndarray, dx: float, dy: float) -> np.ndarray:
@@ -130,3 +148,26 @@ def fill_uncovered(warped: np.ndarray, frame: np.ndarray, dx: float, dy: float) 
         rows = slice(0, band_y) if dy > 0 else slice(h - band_y, h)
         out[rows, :] = frame[rows, :]
     return out
+
+
+def alignment_residual(result: AlignResult, boxes: Sequence[Sequence[float]] = (), box_margin: float = 2.0) -> float:
+    """How well the aligned template still explains the frame: mean |frame - template| in grey levels (0..255)
+    over the pixels the template covers, leaving out the detections (a real defect is not template drift).
+
+    The band of width |shift| the template moved away from is left out (``fill_uncovered`` copies the frame
+    there: zero difference by construction, which would pull the figure down). Uses ``result.difference`` at
+    the alignment's downscale, so it costs one masked mean per frame. NaN when nothing is left to measure."""
+    diff, ds = result.difference, result.scale
+    if diff is None:
+        return float("nan")
+    h, w = diff.shape[:2]
+    (sx, sy), mask = result.shift, np.zeros((h, w), np.uint8)
+    bx, by = int(np.ceil(abs(sx) / ds)), int(np.ceil(abs(sy) / ds))
+    mask[by if sy > 0 else 0: h if sy > 0 else h - by, bx if sx > 0 else 0: w if sx > 0 else w - bx] = 1
+    for x1, y1, x2, y2 in boxes:
+        c0, r0 = max(0, int((x1 - box_margin) // ds)), max(0, int((y1 - box_margin) // ds))
+        c1, r1 = max(0, int(np.ceil((x2 + box_margin) / ds))), max(0, int(np.ceil((y2 + box_margin) / ds)))
+        mask[r0:r1, c0:c1] = 0
+    if not mask.any():
+        return float("nan")
+    return float(cv2.mean(diff, mask)[0])

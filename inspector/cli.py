@@ -86,7 +86,9 @@ def cmd_templates_add(args: argparse.Namespace) -> int:
     try:
         store = TemplateStore(cfg, factory, camera_ids)
         if args.from_frame is not None:
-            row = store.add_from_frame(args.from_frame, args.position)
+            from inspector.template_learning import use_frame_as_template
+
+            row = use_frame_as_template(store, args.from_frame, by=_user(), position=args.position)
         else:
             if args.image is None:
                 raise ConfigError("templates add: give IMAGE or --from-frame FRAME_ID")
@@ -96,6 +98,41 @@ def cmd_templates_add(args: argparse.Namespace) -> int:
         print(f"template {row.position} v{row.version} sha256={row.sha256[:12]} active -> {row.path}")
     finally:
         engine.dispose()
+    return 0
+
+
+def _user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def cmd_templates_learn(args: argparse.Namespace) -> int:
+    from inspector.db.records import open_station_database
+    from inspector.template_learning import learn_template
+    from inspector.templates import TemplateStore
+
+    cfg = _load(args.config)
+    engine, factory, camera_ids = open_station_database(cfg)
+    try:
+        store = TemplateStore(cfg, factory, camera_ids)
+        learned = learn_template(store, cfg.alignment, args.camera, args.position,
+                                 frames=args.frames or cfg.templates.learn_frames, since=args.since,
+                                 min_frames=args.min_frames, by=_user())
+    finally:
+        engine.dispose()
+    row, ref = learned.template, learned.reference
+    shifts = [max(abs(dx), abs(dy)) for dx, dy in learned.shifts]
+    print(f"template {row.position} v{row.version} sha256={row.sha256[:12]} active -> {row.path}\n"
+          f"  median of {len(learned.frames)} OK frames (ids {', '.join(map(str, learned.frames))}), aligned to "
+          f"{f'v{ref.version}' if ref is not None else 'the newest of them (no version before)'}; "
+          f"|shift| up to {max(shifts):.1f} px")
+    for reason, ids in learned.skipped.items():
+        print(f"  skipped {len(ids)} frame(s): {reason} ({', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''})")
+    print(f"  a running daemon uses it within templates.recheck_s = {cfg.templates.recheck_s:g} s")
     return 0
 
 
@@ -110,7 +147,10 @@ def cmd_templates_list(args: argparse.Namespace) -> int:
         rows = TemplateStore(cfg, factory, camera_ids).list(args.camera, include_inactive=not args.active_only)
         records = [{"camera": cam, "position": t.position, "version": t.version, "active": t.active,
                     "sha256": t.sha256[:12], "size": f"{t.width}x{t.height}",
-                    "created": t.created_at.isoformat(timespec="seconds"), "source": t.source, "path": t.path}
+                    "created": t.created_at.isoformat(timespec="seconds"), "source": t.source,
+                    "residual": (f"{t.residual_recent:.2f}/{t.residual_baseline:.2f}"
+                                 if t.residual_recent is not None and t.residual_baseline is not None else None),
+                    "frames": t.residual_frames, "drifted": t.drifted, "path": t.path}
                    for cam, t in rows]
         print(render(records, args.format))
     finally:
@@ -232,7 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--from-frame", type=int, help="promote a stored good frame (frame id from `history`)")
     t.add_argument("image", nargs="?")
     t.set_defaults(func=cmd_templates_add)
-    t = tsub.add_parser("list", help="list template versions")
+    t = tsub.add_parser("learn", help="a new version from the N most recent OK frames (aligned, per-pixel median)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--camera", required=True)
+    t.add_argument("--position", required=True)
+    t.add_argument("--frames", type=int, help="OK frames to use (default templates.learn_frames, 15)")
+    t.add_argument("--since", type=parse_time, help="only frames processed since (ISO time or age: 24h, 7d)")
+    t.add_argument("--min-frames", type=int, default=3, help="fail unless at least this many are usable (3)")
+    t.set_defaults(func=cmd_templates_learn)
+    t = tsub.add_parser("list", help="list template versions (residual: recent/baseline median, grey levels)")
     t.add_argument("--config", required=True)
     t.add_argument("--camera")
     t.add_argument("--active-only", action="store_true")

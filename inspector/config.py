@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from inspector.drift import DriftConfig
 from inspector.metrics import MetricsConfig
 from inspector.security import CurveSettings
 from inspector.supervisor import SupervisionConfig
@@ -103,6 +104,15 @@ class AlignmentConfig(_Strict):
     downscale: int = Field(2, ge=1, le=8)  # phase correlation on a 1/downscale image: speed, sub-pixel anyway
 
 
+class TemplateSettings(_Strict):
+    """Template versions in a running daemon: how soon a new version is picked up, when one has drifted, and
+    the defaults of ``inspector templates learn``."""
+
+    recheck_s: float = Field(5.0, ge=0)  # the active version is re-checked (one indexed query) this often
+    learn_frames: int = Field(15, ge=1, le=201)  # OK frames per learned template (per-pixel median)
+    drift: DriftConfig = DriftConfig()
+
+
 class CameraConfig(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     drop_folder: Path
@@ -144,6 +154,7 @@ class StationConfig(_Strict):
     directories: Directories = Directories()
     retention: Retention = Retention()
     alignment: AlignmentConfig = AlignmentConfig()
+    templates: TemplateSettings = TemplateSettings()  # hot pick-up, learning, drift (inspector.drift)
     reconcile_interval_s: float = Field(30.0, gt=0)
     queue_size: int = Field(1000, ge=1)
     workers: int = Field(2, ge=1, le=16)  # frames analysed (decode/align/detect) concurrently; commits stay serial

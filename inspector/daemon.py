@@ -31,6 +31,7 @@ from inspector.bus import AlarmBus, AlarmSequencer, open_session
 from inspector.config import ConfigError, StationConfig, load_station_config
 from inspector.db import BusSession, make_engine, make_session_factory, upgrade_database
 from inspector.db.records import ensure_station, register_model
+from inspector.drift import DriftTracker
 from inspector.ingest import FrameJob, FrameQueue
 from inspector.logging_json import log_fields
 from inspector.metrics import InspectorMetrics, MetricsServer
@@ -147,7 +148,9 @@ class Daemon:
         self.factory = make_session_factory(self.engine)
         self.camera_ids = self._wait_for_database(
             lambda: (upgrade_database(self.engine), ensure_station(self.factory, cfg))[1])
-        self.templates = TemplateStore(cfg, self.factory, self.camera_ids)
+        self.templates = TemplateStore(cfg, self.factory, self.camera_ids, recheck_s=cfg.templates.recheck_s)
+        self.drift = DriftTracker(cfg.templates.drift, self.factory, self.camera_ids,
+                                  on_update=self.metrics.template_drift)
         self.notifier.extend_timeout(cfg.supervision.load_timeout_s)  # a TensorRT engine build may take minutes
         self.backend = self._supervised_backend(cfg)
         self.model_id = self._wait_for_database(lambda: self._register_backend(self.backend))
@@ -279,6 +282,9 @@ class Daemon:
         self.metrics.frame_done(outcome.job.camera, outcome.status)
         if outcome.severity and outcome.alarm_seq is not None:
             self.metrics.alarm_published(outcome.severity)
+        if outcome.residual is not None and outcome.position is not None:
+            self.drift.observe(outcome.job.camera, outcome.position, outcome.template_id, outcome.residual,
+                               outcome.frame_id)
         if outcome.reason_kind == "no_template":
             position = outcome.job.path.name.split("_", 1)[0]
             self.metrics.template_miss(outcome.job.camera, position)
@@ -362,6 +368,7 @@ class Daemon:
                 if now >= next_retention:
                     self.apply_retention()
                     next_retention = now + RETENTION_PERIOD_S
+                self.drift.persist()
             except Exception:  # noqa: BLE001
                 log.exception("supervisor iteration failed")
 
@@ -406,6 +413,8 @@ class Daemon:
         self.cfg = new
         self.camera_ids.update(ensure_station(self.factory, new))
         self.templates.cfg = new
+        self.templates.recheck_s = new.templates.recheck_s
+        self.drift.cfg = new.templates.drift
         assert self.pipeline is not None
         self.pipeline.configure(new)
         if cameras_changed:
@@ -436,6 +445,10 @@ class Daemon:
                 log.exception("cannot record session stop")
             log.info("inspection stopped", **log_fields(station=self.cfg.station, session=self.sequencer.session_id,
                                                         last_seq=last))
+        try:
+            self.drift.persist(force=True)
+        except SQLAlchemyError:
+            log.exception("cannot record the template drift state")
         self.backend.close()
         if self.metrics_server is not None:
             self.metrics_server.close()

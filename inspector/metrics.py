@@ -13,12 +13,15 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from pydantic import BaseModel, ConfigDict, Field
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import start_http_server
+
+if TYPE_CHECKING:
+    from inspector.drift import DriftState
 
 # Per-stage latencies span ~0.5 ms (publish) to seconds (CPU inference); buckets cover both ends.
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -76,6 +79,20 @@ class InspectorMetrics:
         self.template_misses = Counter(
             "rddn_template_misses", "Frames without an active template", ["camera", "position"], registry=r
         )
+        position = ["camera", "position"]
+        self.template_version = Gauge(
+            "rddn_template_version", "Version of the template the latest frame was inspected against", position,
+            registry=r)
+        self.template_residual = Gauge(
+            "rddn_template_residual", "Rolling median alignment residual (grey levels) of the active template",
+            position, registry=r)
+        self.template_residual_baseline = Gauge(
+            "rddn_template_residual_baseline", "Median alignment residual of the active template's first frames",
+            position, registry=r)
+        self.template_drifted = Gauge(
+            "rddn_template_drifted", "1 when the position's template has drifted (templates.drift rule)", position,
+            registry=r)
+        self._position_gauges: dict[tuple[str, str], tuple[Gauge, ...]] = {}
         self.db_retries = Counter("rddn_db_retries", "Database operations retried after an error", registry=r)
         self.last_heartbeat = Gauge(
             "rddn_last_heartbeat_timestamp_seconds", "Unix time of the last bus heartbeat", registry=r
@@ -108,6 +125,25 @@ class InspectorMetrics:
 
     def template_miss(self, camera: str, position: str) -> None:
         self.template_misses.labels(camera=camera, position=position).inc()
+
+    def template_drift(self, state: "DriftState") -> None:
+        """Signature matches ``DriftTracker``'s update hook; runs once per frame, so the labelled children are
+        looked up once per position (``labels()`` is most of the cost otherwise)."""
+        key = (state.camera, state.position)
+        children = self._position_gauges.get(key)
+        if children is None:
+            labels = {"camera": state.camera, "position": state.position}
+            children = self._position_gauges[key] = tuple(g.labels(**labels) for g in (
+                self.template_residual, self.template_residual_baseline, self.template_drifted,
+                self.template_version))
+        recent, baseline, drifted, version = children
+        if state.recent is not None:
+            recent.set(state.recent)
+        if state.baseline is not None:
+            baseline.set(state.baseline)
+        drifted.set(1.0 if state.drifted else 0.0)
+        if state.version is not None:
+            version.set(state.version)
 
     def heartbeat(self, when: float | None = None) -> None:
         self.last_heartbeat.set(time.time() if when is None else when)

@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from inspector.align import align_template
+from inspector.align import AlignResult, align_template, alignment_residual
 from inspector.annotate import save_annotated
 from inspector.backends.base import Detection, DetectorBackend
 from inspector.bus import SCHEMA_VERSION, AlarmBus, AlarmSequencer
@@ -67,6 +67,9 @@ class FrameOutcome:
     severity: str | None = None
     alarm_seq: int | None = None
     shift: tuple[float, float] | None = None
+    position: str | None = None
+    template_id: int | None = None
+    residual: float | None = None  # alignment residual (inspector.drift), None without a template
     destination: Path | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
     stage_cpu_ms: dict[str, float] = field(default_factory=dict)  # thread CPU time per stage
@@ -91,8 +94,8 @@ class Analysis:
     image: np.ndarray | None = None
     template: np.ndarray | None = None
     template_id: int | None = None
-    shift: tuple[float, float] | None = None
-    response: float | None = None
+    alignment: AlignResult | None = None
+    residual: float | None = None
     detections: list[Detection] = field(default_factory=list)
     t_result: float = 0.0
     q_kind: str = ""
@@ -259,7 +262,8 @@ class Pipeline:
             laps.lap("ingest")
             a.image = decode_rgb(data, job.path.suffix.lower())
             laps.lap("decode")
-            a.template, a.template_id, a.shift, a.response = self._aligned_template(cam, a.name, a.image)
+            a.template_id, a.alignment = self._aligned_template(cam, a.name, a.image)
+            a.template = a.alignment.template if a.alignment is not None else None
             laps.lap("align")
             if getattr(self.backend, "thread_safe", False):
                 a.detections = self.backend.detect([a.image], [a.template])[0]
@@ -268,6 +272,10 @@ class Pipeline:
                     a.detections = self.backend.detect([a.image], [a.template])[0]
             a.t_result = laps.lap("detect")
             laps.charge_cpu("detect", float(getattr(self.backend, "last_detect_cpu_s", 0.0)))
+            if a.alignment is not None:
+                residual = alignment_residual(a.alignment, [d.box for d in a.detections])
+                a.residual = residual if np.isfinite(residual) else None
+                laps.lap("align")
             self.strikes.success(a.digest)
         except Quarantine as q:
             a.kind, a.q_kind, a.q_message = "quarantine", q.kind, q.message
@@ -322,15 +330,14 @@ class Pipeline:
             if self.backend.needs_template:
                 raise Quarantine("no_template", f"no active template for camera '{cam.id}' position "
                                                 f"'{name.position}' and the model needs one")
-            return None, None, None, None
+            return None, None
         if active.image.shape[:2] != image.shape[:2]:
             # A camera that changed resolution must be noticed, not compared against a stretched reference.
             (h, w), (th, tw) = image.shape[:2], active.image.shape[:2]
             raise Quarantine("wrong_size", f"frame {w}x{h} vs template {tw}x{th} (camera '{cam.id}' position "
                                            f"'{name.position}', template {active.id})")
         a = self.cfg.alignment
-        result = align_template(image, active.image, a.method, a.max_shift, a.downscale)
-        return result.template, active.id, result.shift, result.response
+        return active.id, align_template(image, active.image, a.method, a.max_shift, a.downscale)
 
     def _destination(self, root_name: str, cam: CameraConfig, name: str, digest: str, when: datetime) -> Path:
         return unique_destination(dated_dir(self.cfg.dir_for(root_name), cam.id, when), name, digest)  # type: ignore[arg-type]
@@ -338,6 +345,7 @@ class Pipeline:
     def _commit_result(self, a: Analysis) -> FrameOutcome:
         job, cam, name, laps = a.job, a.cam, a.name, a.laps
         assert name is not None
+        shift = a.alignment.shift if a.alignment is not None else None
         now = datetime.now(timezone.utc)
         kept, sev, worst = self._select(a.detections)
         status = "defective" if kept else "ok"
@@ -355,8 +363,9 @@ class Pipeline:
                               stored_path=str(dest) if dest else None,
                               annotated_path=str(annotated) if annotated else None, captured_at=name.timestamp,
                               processed_at=now, template_id=a.template_id, model_id=self.model_id,
-                              shift_x=a.shift[0] if a.shift else None, shift_y=a.shift[1] if a.shift else None,
-                              align_response=a.response, latency_ms=(a.t_result - job.offered_at) * 1000.0,
+                              shift_x=shift[0] if shift else None, shift_y=shift[1] if shift else None,
+                              align_response=a.alignment.response if a.alignment is not None else None,
+                              align_residual=a.residual, latency_ms=(a.t_result - job.offered_at) * 1000.0,
                               stage_ms={k: round(v, 3) for k, v in laps.ms.items()})
                 db.add(frame)
                 db.flush()
@@ -390,7 +399,8 @@ class Pipeline:
             laps.lap("annotate")
         self._store(job.path, dest)
         laps.lap("move")
-        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=a.shift,
+        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=shift,
+                            position=name.position, template_id=a.template_id, residual=a.residual,
                             destination=dest, t_result=a.t_result)
 
     def _store(self, src: Path, dest: Path | None) -> None:

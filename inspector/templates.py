@@ -57,12 +57,18 @@ class TemplateStore:
                                 f"(have {sorted(self.camera_ids)})")
         return self.camera_ids[camera]
 
-    def add(self, camera: str, position: str, image: np.ndarray | Path, source: str | None = None) -> Template:
-        """Register a new active version of (camera, position) from an RGB array or an image file."""
+    def add(self, camera: str, position: str, image: np.ndarray | Path, source: str | None = None,
+            provenance: dict | None = None) -> Template:
+        """Register a new active version of (camera, position) from an RGB array or an image file.
+
+        ``source`` is the one-line description ``templates list`` shows, ``provenance`` the structured record
+        (``{"method": "median" | "frame" | "file" | "array", "frames": [...], ...}``) kept with the version."""
         cam_id = self._camera_id(camera)
         if isinstance(image, (str, Path)):
             source = source or str(image)
+            provenance = provenance or {"method": "file", "path": str(image)}
             image = read_image_rgb(Path(image))
+        provenance = provenance or {"method": "array"}
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise TemplateError(f"template for {camera}/{position} must be HxWx3 uint8, got {image.shape} {image.dtype}")
         ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
@@ -84,13 +90,15 @@ class TemplateStore:
             session.execute(update(Template).where(Template.camera_id == cam_id, Template.position == position)
                             .values(active=False))
             row = Template(camera_id=cam_id, position=position, version=version, sha256=digest, path=str(path),
-                           source=source, width=image.shape[1], height=image.shape[0], active=True)
+                           source=source, width=image.shape[1], height=image.shape[0], active=True,
+                           provenance=provenance)
             session.add(row)
         self.invalidate()
         return row
 
-    def add_from_frame(self, frame_id: int, position: str | None = None) -> Template:
-        """Promote a stored (good) frame to the template of its position."""
+    def add_from_frame(self, frame_id: int, position: str | None = None, by: str | None = None) -> Template:
+        """Promote a stored frame, as captured, to the template of its position (``by``: who asked). Whether the
+        frame is fit to be one is ``inspector.template_learning.use_frame_as_template``'s question."""
         with self.factory() as session:
             frame = session.get(Frame, frame_id)
             if frame is None:
@@ -102,7 +110,8 @@ class TemplateStore:
         pos = position or frame.position
         if not pos:
             raise TemplateError(f"frame {frame_id} has no position; pass one")
-        return self.add(camera.name, pos, Path(path), source=f"frame:{frame_id}")
+        return self.add(camera.name, pos, Path(path), source=f"frame:{frame_id}",
+                        provenance={"method": "frame", "frames": [frame_id], "by": by})
 
     def list(self, camera: str | None = None, include_inactive: bool = True) -> list[tuple[str, Template]]:
         names = {v: k for k, v in self.camera_ids.items()}

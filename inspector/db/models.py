@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint)
+                        UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -55,6 +55,15 @@ class Template(Base):
     height: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # How this version was made: {"method": "median" | "frame" | "file" | "array", "frames": [frame ids], ...}
+    provenance: Mapped[dict | None] = mapped_column(JSON)
+    # The daemon's rolling view of how well frames still match this version (``inspector.drift``): median
+    # alignment residual of its first frames (baseline) and of the latest ones, and the drift verdict.
+    residual_baseline: Mapped[float | None] = mapped_column(Float)
+    residual_recent: Mapped[float | None] = mapped_column(Float)
+    residual_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    drifted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    drift_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ModelRecord(Base):
@@ -99,6 +108,8 @@ class Frame(Base):
     shift_x: Mapped[float | None] = mapped_column(Float)
     shift_y: Mapped[float | None] = mapped_column(Float)
     align_response: Mapped[float | None] = mapped_column(Float)
+    # mean |frame - aligned template| in grey levels, outside detections and the band the shift left uncovered
+    align_residual: Mapped[float | None] = mapped_column(Float)
     latency_ms: Mapped[float | None] = mapped_column(Float)
     stage_ms: Mapped[dict[str, float] | None] = mapped_column(JSON)
     detections: Mapped[list["DetectionRow"]] = relationship(back_populates="frame", cascade="all, delete-orphan",
