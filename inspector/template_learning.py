@@ -1,7 +1,7 @@
 """New template versions from what the line actually produces.
 
 ``learn_template`` (``inspector templates learn``): the N most recent frames of a position judged OK (see
-:func:`judged_ok`), each registered onto the current template with the station's alignment settings and moved
+:func:`judged_ok`: inspected OK, or every detection reviewed as a false call), each registered onto the current template with the station's alignment settings and moved
 into the template's pixel grid, then the per-pixel median. The median removes what differs between boards
 (noise, dust, a defect the detector missed on one board) and keeps what they share: the board as the line
 produces it today. The pixels a frame does not cover after its shift (a band of width |shift| at the border)
@@ -21,12 +21,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import Session
 
 from inspector.align import align_template, warp_template
 from inspector.config import AlignmentConfig
-from inspector.db.models import Frame, Template
+from inspector.db.models import Frame, FrameReview, Template
 from inspector.templates import TemplateError, TemplateStore, read_image_rgb
 
 MIN_LEARN_FRAMES = 3  # a median of fewer frames is no median: one board's defect would become the template
@@ -35,8 +35,12 @@ STRIP_ROWS = 64  # rows per median strip: bounds the float working set to N x 64
 
 
 def judged_ok() -> ColumnElement[bool]:
-    """Frames whose inspection found nothing: ``status == 'ok'``."""
-    return Frame.status == "ok"
+    """Frames that show no defect: inspected OK (no detection kept) and no reviewer drew a missed defect on
+    them, or defective but every detection reviewed as a false call (``frame_reviews.state == 'false_call'``,
+    which also means no drawn box: ``inspector.review``)."""
+    review = FrameReview.frame_id == Frame.id
+    return or_(and_(Frame.status == "ok", ~exists().where(review, FrameReview.missed > 0)),
+               and_(Frame.status == "defective", exists().where(review, FrameReview.state == "false_call")))
 
 
 @dataclass
@@ -161,6 +165,8 @@ def use_frame_as_template(store: TemplateStore, frame_id: int, by: str | None = 
     if status is None:
         raise TemplateError(f"no frame with id {frame_id}")
     if ok is None:
-        raise TemplateError(f"frame {frame_id} is {status}, not judged OK: only a frame without defects can become "
-                            "a template (mark its detections as false calls first)")
+        why = {"ok": "a reviewer drew a missed defect on it",
+               "defective": "it has detections not all reviewed as false calls"}.get(status, f"it is {status}")
+        raise TemplateError(f"frame {frame_id} is not judged OK ({why}): only a frame without defects can become a "
+                            "template (a defect baked into a template hides that defect from then on)")
     return store.add_from_frame(frame_id, position, by=by)

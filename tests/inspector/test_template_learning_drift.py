@@ -17,6 +17,7 @@ from inspector.db.models import Template
 from inspector.demo.frames import demo_spec, encode_jpeg, make_frame, position_templates
 from inspector.drift import DriftConfig
 from inspector.metrics import sample_value
+from inspector.review import record_review
 from inspector.template_learning import median_of_aligned, use_frame_as_template
 from inspector.templates import TemplateError, read_image_rgb
 
@@ -137,7 +138,13 @@ def test_learned_version_from_ok_frames_is_picked_up_without_restart(write_confi
         gaps.append(alignment_residual(result) - r.align_residual)
     assert max(gaps) > 0.3  # (a defect inside the measure would have raised it)
     v1 = rows[0].template_id
-    ok_newest_first = [r.id for r in reversed(rows[:len(plan)]) if r.status == "ok"]
+    # reviews: frame 4's detections were false calls (a good board after all); on frame 7, OK for the
+    # detector, a reviewer drew a missed defect (not a good board)
+    with daemon.factory.begin() as db:
+        record_review(db, rows[4].id, "false_call", "alice")
+        record_review(db, rows[7].id, "missed", "alice", class_name="defect", box=(20, 20, 40, 40))
+    judged_ok = [r.id for i, r in enumerate(rows[:len(plan)]) if (r.status == "ok" and i != 7) or i == 4]
+    ok_newest_first = judged_ok[::-1]
 
     # a separate process, as a quality engineer would run it while the daemon keeps inspecting
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -149,7 +156,8 @@ def test_learned_version_from_ok_frames_is_picked_up_without_restart(write_confi
     with daemon.factory() as db:
         v2 = db.scalar(select(Template).where(Template.position == "P00", Template.active.is_(True)))
     assert v2.version == 2 and v2.provenance["method"] == "median"
-    assert v2.provenance["frames"] == ok_newest_first[:5]  # the most recent OK frames, no defective one
+    assert v2.provenance["frames"] == ok_newest_first[:5]  # the most recent frames judged OK, by detector or people
+    assert rows[4].id in v2.provenance["frames"] and rows[7].id not in v2.provenance["frames"]
     assert v2.provenance["aligned_to"] == {"template_id": v1, "version": 1}
     learned = read_image_rgb(Path(v2.path)).astype(np.int16)
     assert np.abs(learned - frames.templates["P00"]).mean() < 3.0  # the same board, JPEG and interpolation aside
@@ -171,13 +179,19 @@ def test_use_frame_as_template_refuses_defective_frames(write_config, start_daem
     wait(lambda: len(frame_rows(daemon)) == 2 and daemon.wait_idle(0.05))
     good, bad = sorted(frame_rows(daemon), key=lambda r: r.status != "ok")
     assert (good.status, bad.status) == ("ok", "defective")
-    with pytest.raises(TemplateError, match="not judged OK"):
+    with pytest.raises(TemplateError, match="not all reviewed as false calls"):
         use_frame_as_template(daemon.templates, bad.id, by="alice")
     with pytest.raises(TemplateError, match="no frame"):
         use_frame_as_template(daemon.templates, 10_000, by="alice")
-    row = use_frame_as_template(daemon.templates, good.id, by="alice")
-    assert (row.version, row.source) == (2, f"frame:{good.id}")
-    assert row.provenance == {"method": "frame", "frames": [good.id], "by": "alice"}
+    with daemon.factory.begin() as db:
+        record_review(db, good.id, "missed", "bob", class_name="defect", box=(30, 30, 50, 50))
+    with pytest.raises(TemplateError, match="drew a missed defect"):  # a reviewer saw what the detector missed
+        use_frame_as_template(daemon.templates, good.id, by="alice")
+    with daemon.factory.begin() as db:
+        record_review(db, bad.id, "false_call", "bob")
+    row = use_frame_as_template(daemon.templates, bad.id, by="alice")
+    assert (row.version, row.source) == (2, f"frame:{bad.id}")
+    assert row.provenance == {"method": "frame", "frames": [bad.id], "by": "alice"}
 
 
 def test_drift_is_flagged_in_metrics_and_database_and_a_new_version_clears_it(write_config, start_daemon, frames,
