@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 1
@@ -26,6 +26,17 @@ FORMAT_VERSION = 1
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def artifact_relative(value: str | None) -> str | None:
+    """A file name inside the artifact directory: relative, no ``..``, no backslash. ``metadata.json`` comes with
+    the artifact, so a crafted one must not point the backend at a file elsewhere on the machine."""
+    if value is None:
+        return None
+    parts = value.split("/")
+    if not value or value.startswith("/") or "\\" in value or "\0" in value or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{value!r} must be a file name inside the artifact directory (relative, no '..')")
+    return value
 
 
 class Preprocessing(_Strict):
@@ -45,6 +56,11 @@ class TensorRTInfo(_Strict):
     gpu_arch: str  # e.g. "sm_90"
     build_flags: list[str] = []
     plugin_library: str | None = None  # PTX / shared object shipped next to the engine
+
+    @field_validator("plugin_library")
+    @classmethod
+    def _inside_artifact(cls, value: str | None) -> str | None:
+        return artifact_relative(value)
 
 
 class ArtifactMetadata(_Strict):
@@ -68,12 +84,35 @@ class ArtifactMetadata(_Strict):
     tensorrt: TensorRTInfo | None = None
     created: str | None = None
 
+    @field_validator("model_file", "onnx_file")
+    @classmethod
+    def _inside_artifact(cls, value: str | None) -> str | None:
+        return artifact_relative(value)
+
+    def referenced_files(self) -> list[str]:
+        """Every file of the artifact this metadata points a backend at."""
+        refs = [self.model_file, self.onnx_file, self.tensorrt.plugin_library if self.tensorrt else None]
+        return list(dict.fromkeys(r for r in refs if r))
+
+    @staticmethod
+    def file_path(artifact_dir: Path, name: str) -> Path:
+        """``artifact_dir / name``, refused when a symbolic link takes it outside the artifact directory."""
+        root = Path(artifact_dir).resolve()
+        path = (root / name).resolve()
+        if not path.is_relative_to(root):
+            raise ValueError(f"{Path(artifact_dir) / name}: resolves to {path}, outside the artifact directory")
+        return path
+
     @classmethod
     def load(cls, artifact_dir: Path) -> "ArtifactMetadata":
         path = Path(artifact_dir) / METADATA_FILE
         if not path.is_file():
             raise FileNotFoundError(f"artifact metadata not found: {path}")
-        return cls.model_validate_json(path.read_text())
+        try:
+            return cls.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{path}: invalid artifact metadata: {problems}") from None
 
     def save(self, artifact_dir: Path) -> Path:
         path = Path(artifact_dir) / METADATA_FILE

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from engines.artifact import ArtifactMetadata, Preprocessing, TensorRTInfo, sha256_file
 from engines.progress import StepLog
+from engines.signing import SIGNATURE_FILE
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the compile-time check that the exported graph matches PyTorch on one input")
     parser.add_argument("--out", required=True, type=Path, help="artifact directory to write")
+    parser.add_argument("--sign-key", type=Path, default=None,
+                        help="Ed25519 private key (PEM or OpenSSH, mode 0600): write signature.json over every file "
+                             "of the artifact; stations with detector.signing_public_key refuse anything else")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +81,8 @@ class CompileOptions:
 
     def __init__(self, checkpoint: Path, target: str, out: Path, *, precision: str | None = None,
                  input_size: tuple[int, int] | None = None, test_proposals: int | None = None,
-                 tr_post: bool = False, opset: int | None = None, verify: bool = True, batch_size: int = 1) -> None:
+                 tr_post: bool = False, opset: int | None = None, verify: bool = True, batch_size: int = 1,
+                 sign_key: Path | None = None) -> None:
         self.checkpoint = Path(checkpoint)
         self.target = target
         self.out = Path(out)
@@ -88,6 +93,7 @@ class CompileOptions:
         self.opset = opset
         self.verify = verify
         self.batch_size = batch_size
+        self.sign_key = Path(sign_key) if sign_key is not None else None
         self._validate()
 
     @classmethod
@@ -95,7 +101,7 @@ class CompileOptions:
         return cls(args.checkpoint, args.target, args.out, precision=args.precision,
                    input_size=tuple(args.input_size) if args.input_size else None,
                    test_proposals=args.test_proposals, tr_post=args.tr_post, opset=args.opset,
-                   verify=not args.no_verify, batch_size=args.batch_size)
+                   verify=not args.no_verify, batch_size=args.batch_size, sign_key=args.sign_key)
 
     def _validate(self) -> None:
         if self.target not in ("onnxruntime", "tensorrt"):
@@ -112,6 +118,13 @@ class CompileOptions:
             raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.out.exists() and not self.out.is_dir():
             raise ValueError(f"--out {self.out} exists and is not a directory")
+        if self.sign_key is not None:
+            from engines.signing import load_private_key
+
+            try:  # before minutes of export: a key that cannot sign must fail now
+                load_private_key(self.sign_key)
+            except ValueError as exc:
+                raise ValueError(f"--sign-key: {exc}") from None
 
 
 def check_input_size(size: tuple[int, int], where: str) -> tuple[int, int]:
@@ -162,7 +175,7 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
 
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     tensorrt_build = _tensorrt_builder() if options.target == "tensorrt" else None
-    log = log or StepLog(total=5 + (1 if tensorrt_build else 0))
+    log = log or StepLog(total=5 + (1 if tensorrt_build else 0) + (1 if options.sign_key else 0))
     with log.step(f"loading checkpoint {options.checkpoint}"):
         payload = load_checkpoint(options.checkpoint)
         input_size = options.input_size or input_size_from_train_config(payload.get("train_config") or {})
@@ -181,6 +194,7 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
         batch_size=options.batch_size,
     )
     options.out.mkdir(parents=True, exist_ok=True)
+    (options.out / SIGNATURE_FILE).unlink(missing_ok=True)  # a previous build's signature would not match
     onnx_path = options.out / ONNX_FILE
     with log.step(f"exporting ONNX ({spec.roi_ops} RoI ops, {spec.precision}, opset {spec.opset})"):
         module = export_onnx.build_export_module(model, spec)
@@ -205,6 +219,11 @@ def compile_artifact(options: CompileOptions, log: StepLog | None = None) -> Art
         metadata = describe_artifact(model, payload, options, spec, onnx_path, model_file, module.with_template,
                                      tensorrt_info)
         metadata.save(options.out)
+    if options.sign_key is not None:
+        from engines.signing import sign_artifact
+
+        with log.step(f"signing the artifact with {options.sign_key}"):
+            sign_artifact(options.out, options.sign_key)
     log.finish(f"artifact ready in {options.out}")
     return metadata
 

@@ -23,7 +23,7 @@ class OnnxRuntimeBackend:
 
         self.artifact_dir = Path(artifact_dir)
         self.metadata = ArtifactMetadata.load(self.artifact_dir)
-        model_path = self.artifact_dir / self.metadata.model_file
+        model_path = ArtifactMetadata.file_path(self.artifact_dir, self.metadata.model_file)
         if not model_path.is_file():
             raise FileNotFoundError(f"{self.artifact_dir / 'metadata.json'}: model_file '{self.metadata.model_file}' "
                                     f"not found at {model_path}")

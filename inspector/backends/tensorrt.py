@@ -131,7 +131,7 @@ def _resolve_engine(artifact_dir: Path, metadata: ArtifactMetadata, cache_dir: P
 
     arch = tensorrt_build.current_gpu_arch()
     version = tensorrt_build.tensorrt_version()
-    shipped = artifact_dir / metadata.model_file
+    shipped = ArtifactMetadata.file_path(artifact_dir, metadata.model_file)
     info = metadata.tensorrt
     if (info is not None and (info.gpu_arch, info.version) == (arch, version) and shipped.is_file()
             and shipped.suffix != ".onnx"):
@@ -145,7 +145,7 @@ def _resolve_engine(artifact_dir: Path, metadata: ArtifactMetadata, cache_dir: P
                                 f"machine is {arch} / {version}, and no onnx_file is shipped to rebuild from")
     if progress:
         progress(f"shipped engine does not match {arch} / TensorRT {version}: using the engine cache")
-    engine_path, _ = tensorrt_build.ensure_engine(artifact_dir / onnx_name, cache_dir, max_batch=max_batch,
+    engine_path, _ = tensorrt_build.ensure_engine(ArtifactMetadata.file_path(artifact_dir, onnx_name), cache_dir, max_batch=max_batch,
                                                   progress=progress, gpu_arch=arch, trt_version=version)
     return engine_path
 

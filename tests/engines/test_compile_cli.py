@@ -191,3 +191,39 @@ def test_plugin_graph_self_check_is_skipped_at_deployment_sizes(tmp_path: Path) 
     assert not run and "onnx.reference" in why
     ort_options = cc.CompileOptions(ckpt, "onnxruntime", tmp_path / "o")
     assert cc._self_check_plan(ort_options, ExportSpec((640, 640)))[0]  # ONNX Runtime checks at any size
+
+
+def _signing_keys(directory: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    directory.mkdir()
+    private, public = directory / "release.pem", directory / "release.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def test_compile_signs_the_artifact_with_sign_key(tmp_path: Path, capsys) -> None:
+    from engines.signing import verify_artifact
+
+    private, public = _signing_keys(tmp_path / "keys")
+    ckpt = _checkpoint(tmp_path)
+    out = tmp_path / "artifact"
+    private.chmod(0o644)  # a key others can read: refused before minutes of export
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--input-size", "64", "96", "--no-verify",
+                    "--sign-key", str(private), "--out", str(out)]) == 2
+    assert "--sign-key" in capsys.readouterr().err and not out.exists()
+    private.chmod(0o600)
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--input-size", "64", "96", "--no-verify",
+                    "--sign-key", str(private), "--out", str(out)]) == 0
+    assert "signing the artifact" in capsys.readouterr().err
+    assert set(verify_artifact(out, public).files) == {"metadata.json", "model.onnx"}
+    # compiling again into the same directory without a key leaves no stale signature behind
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--input-size", "64", "96", "--no-verify",
+                    "--out", str(out)]) == 0
+    assert not (out / "signature.json").exists()
