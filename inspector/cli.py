@@ -58,6 +58,16 @@ def preflight(cfg: StationConfig) -> list[str]:
         problems.append(f"detector.artifact: no metadata.json in {det.artifact}")
     if det.backend == "torch" and det.artifact and not det.artifact.is_file():
         problems.append(f"detector.artifact: checkpoint {det.artifact} not found")
+    if det.signing_public_key is not None and det.artifact is not None and det.artifact.is_dir():
+        from engines.signing import SignatureError, verify_artifact
+
+        try:
+            verify_artifact(det.artifact, det.signing_public_key)
+        except (SignatureError, ValueError, OSError) as exc:
+            problems.append(f"detector.signing_public_key: the daemon would refuse this artifact: {exc}")
+    if det.backend != "difference" and not det.verifies_hash:
+        problems.append("detector.options.verify_hash: false: the model is loaded without checking its hash "
+                        "(its results are recorded as from an unverified model)")
     for i, cam in enumerate(cfg.cameras):
         if not cam.drop_folder.is_dir():
             problems.append(f"cameras.{i}.drop_folder: {cam.drop_folder} does not exist yet (created at start)")
@@ -65,7 +75,11 @@ def preflight(cfg: StationConfig) -> list[str]:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from inspector.security import redact_secrets
+
     cfg = _load(args.file)
+    for warning in cfg.exposure_warnings():  # allowed explicitly, but said every time
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     problems = preflight(cfg)
     for problem in problems:
         print(f"{args.file}: warning: {problem}", file=sys.stderr)
@@ -73,7 +87,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     cams = ", ".join(f"{c.id} ({c.observer}: {c.drop_folder})" for c in cfg.cameras)
     print(f"{args.file}: OK - station '{cfg.station}', backend {cfg.detector.backend}, cameras: {cams}, "
-          f"database {cfg.db_url.split('@')[-1]}")
+          f"database {redact_secrets(cfg.db_url)}")
     return 0
 
 

@@ -6,6 +6,7 @@ Relative paths are resolved against the directory of the YAML file so a config c
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inspector.drift import DriftConfig
 from inspector.metrics import MetricsConfig
-from inspector.security import CurveSettings
+from inspector.security import ConnectionLimits, CurveSettings, check_exposure, reachable_from_network
 from inspector.supervisor import SupervisionConfig
 
 Severity = Literal["info", "warning", "critical"]
@@ -30,6 +31,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+# Names that become path components (station, camera id, template position): letters, digits, '_', '.', '-',
+# not starting with '.' (so never '.', '..' or a hidden file), at most 64 characters.
+SAFE_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+_SAFE_NAME_RE = re.compile(SAFE_NAME)
+
+
+def check_path_name(what: str, value: str) -> str:
+    """``value`` if it is a safe single path component (see ``SAFE_NAME``), else a ValueError naming ``what``."""
+    if not _SAFE_NAME_RE.fullmatch(value):
+        raise ValueError(f"{what} {value!r}: use 1-64 letters, digits, '_', '.', '-', not starting with '.' "
+                         "(it becomes a directory name)")
+    return value
+
+
 class BusConfig(_Strict):
     """ZeroMQ endpoints: PUB for alarms/heartbeats, ROUTER for replay (Clone pattern)."""
 
@@ -37,6 +52,25 @@ class BusConfig(_Strict):
     replay: str = "tcp://127.0.0.1:5557"
     heartbeat_s: float = Field(1.0, gt=0)
     curve: CurveSettings = CurveSettings()  # CURVE encryption / client-key auth (docs/operations.md)
+    allow_plaintext: bool = False  # bind beyond loopback without CURVE: refused unless true (then warned)
+    connections: ConnectionLimits = ConnectionLimits()  # caps and deadlines against connection floods
+
+    @model_validator(mode="after")
+    def _exposure(self) -> "BusConfig":
+        self.exposure_warnings()  # raises for a non-loopback endpoint without CURVE and without allow_plaintext
+        return self
+
+    def exposure_warnings(self) -> list[str]:
+        """What ``check-config`` and every daemon start warn about (see ``inspector.security.check_exposure``)."""
+        how = "Enable bus.curve with authorized_clients_dir (docs/operations.md, 'Alarm bus security')."
+        warnings = [check_exposure(f"bus.{key}", getattr(self, key), secured=self.curve.enabled,
+                                   allow_plaintext=self.allow_plaintext, allow_key="bus.allow_plaintext",
+                                   how_to_secure=how) for key in ("publish", "replay")]
+        if self.curve.enabled and self.curve.authorized_clients_dir is None and any(
+                reachable_from_network(getattr(self, k)) for k in ("publish", "replay")):
+            warnings.append("bus.curve: encryption only (no authorized_clients_dir): any client holding the "
+                            "server's public key is served; list the allowed client keys in authorized_clients_dir")
+        return [w for w in warnings if w]
 
 
 class DetectorConfig(_Strict):
@@ -46,12 +80,26 @@ class DetectorConfig(_Strict):
     backend: Literal["tensorrt", "onnxruntime", "torch", "difference"] = "onnxruntime"
     artifact: Path | None = None
     options: dict[str, object] = {}
+    # Ed25519 public key (PEM or OpenSSH): the artifact must carry a valid signature by it (rddn compile --sign-key)
+    signing_public_key: Path | None = None
 
     @model_validator(mode="after")
     def _artifact_required(self) -> "DetectorConfig":
         if self.backend != "difference" and self.artifact is None:
             raise ValueError(f"detector.artifact is required for backend '{self.backend}'")
+        if self.signing_public_key is not None:
+            if self.backend not in ("onnxruntime", "tensorrt"):
+                raise ValueError(f"detector.signing_public_key: backend '{self.backend}' loads no signed artifact "
+                                 "(signatures cover onnxruntime/tensorrt artifact directories)")
+            if not self.verifies_hash:
+                raise ValueError("detector.options.verify_hash: false contradicts detector.signing_public_key "
+                                 "(a signed artifact is always checked file by file)")
         return self
+
+    @property
+    def verifies_hash(self) -> bool:
+        """False when ``options.verify_hash: false`` (the model file is loaded without checking its sha256)."""
+        return self.options.get("verify_hash", True) is not False
 
 
 class Thresholds(_Strict):
@@ -114,7 +162,7 @@ class TemplateSettings(_Strict):
 
 
 class CameraConfig(_Strict):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    id: str = Field(pattern=SAFE_NAME)  # becomes a directory name under processed/, quarantine/, templates/
     drop_folder: Path
     pattern: str = r"^(?P<position>[A-Za-z0-9-]+)_(?P<serial>[A-Za-z0-9-]+)\.(?:jpg|jpeg|png|bmp|tif|tiff)$"
     extensions: list[str] = [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"]
@@ -144,7 +192,7 @@ class CameraConfig(_Strict):
 
 
 class StationConfig(_Strict):
-    station: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    station: str = Field(pattern=SAFE_NAME)
     state_dir: Path = Path("state")
     database_url: str | None = None  # default sqlite:///<state_dir>/inspector.db
     bus: BusConfig = BusConfig()
@@ -170,6 +218,10 @@ class StationConfig(_Strict):
         if dupes:
             raise ValueError(f"cameras: duplicate camera id(s) {dupes}")
         return self
+
+    def exposure_warnings(self) -> list[str]:
+        """Listeners reachable from the network without authentication (allowed explicitly): warned at start."""
+        return self.bus.exposure_warnings() + self.metrics.exposure_warnings()
 
     # Resolved locations: one place decides the defaults so every module agrees.
     @property
@@ -204,6 +256,7 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
         lines.append(f"  {path}: {key}: {msg}")
     return "\n".join(lines)
 
@@ -215,7 +268,8 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
         return None if p is None else (p if p.is_absolute() else (base / p).resolve())
 
     dirs = cfg.directories.model_copy(update={k: fix(getattr(cfg.directories, k)) for k in Directories.model_fields})
-    det = cfg.detector.model_copy(update={"artifact": fix(cfg.detector.artifact)})
+    det = cfg.detector.model_copy(update={"artifact": fix(cfg.detector.artifact),
+                                          "signing_public_key": fix(cfg.detector.signing_public_key)})
     cams = [c.model_copy(update={"drop_folder": fix(c.drop_folder), "template_store": fix(c.template_store)})
             for c in cfg.cameras]
     curve = cfg.bus.curve.model_copy(update={"server_secret_key": fix(cfg.bus.curve.server_secret_key),
@@ -228,6 +282,57 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
                                   "cameras": cams, "database_url": url, "bus": bus})
 
 
+def _is_within(path: Path, other: Path) -> bool:
+    return path == other or path.is_relative_to(other)
+
+
+def check_layout(cfg: StationConfig) -> list[str]:
+    """Folders that would mix or escape (after resolving symbolic links): every problem, by dotted key.
+
+    A drop folder is watched and emptied: it must not be a file-system root, the state directory or one of its
+    ancestors, and must not overlap (contain or sit inside) the folders the daemon writes (processed,
+    quarantine, annotated, templates) or another camera's drop folder; otherwise processed frames would be
+    picked up again, or a folder the daemon moves files out of would include its own results. The written
+    folders must not overlap each other either (a camera's template store inside ``directories.templates`` is
+    the default layout and fine).
+    """
+    def real(p: Path) -> Path:
+        return Path(os.path.realpath(p))
+
+    state = real(cfg.state_dir)
+    written = {f"directories.{name}": real(cfg.dir_for(name))  # type: ignore[arg-type]
+               for name in ("processed", "quarantine", "annotated", "templates")}
+    stores = {f"cameras.{i}.template_store": real(cfg.template_dir(c))
+              for i, c in enumerate(cfg.cameras) if c.template_store is not None}
+    drops = {f"cameras.{i}.drop_folder": real(c.drop_folder) for i, c in enumerate(cfg.cameras)}
+    problems = []
+    if state == Path(state.anchor):
+        problems.append(f"state_dir: {state} is a file-system root")
+    for key, drop in drops.items():
+        if drop == Path(drop.anchor):
+            problems.append(f"{key}: {drop} is a file-system root")
+        elif _is_within(state, drop):
+            problems.append(f"{key}: {drop} is the state directory or contains it ({state})")
+        for other_key, other in {**written, **stores}.items():
+            if _is_within(drop, other) or _is_within(other, drop):
+                problems.append(f"{key}: {drop} overlaps {other_key} ({other})")
+    keys = list(drops)
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            if _is_within(drops[a], drops[b]) or _is_within(drops[b], drops[a]):
+                problems.append(f"{b}: {drops[b]} overlaps {a} ({drops[a]})")
+    names = list(written)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _is_within(written[a], written[b]) or _is_within(written[b], written[a]):
+                problems.append(f"{b}: {written[b]} overlaps {a} ({written[a]})")
+    for key, store in stores.items():
+        for name, other in written.items():
+            if name != "directories.templates" and (_is_within(store, other) or _is_within(other, store)):
+                problems.append(f"{key}: {store} overlaps {name} ({other})")
+    return problems
+
+
 def parse_station_config(data: object, source: Path | str = "<config>", base: Path | None = None) -> StationConfig:
     """Validate an already-loaded mapping; ``source`` names it in errors, ``base`` resolves relative paths."""
     path = Path(source)
@@ -237,7 +342,12 @@ def parse_station_config(data: object, source: Path | str = "<config>", base: Pa
         cfg = StationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_errors(path, exc)) from None
-    return _resolve_paths(cfg, base if base is not None else Path.cwd())
+    cfg = _resolve_paths(cfg, base if base is not None else Path.cwd())
+    problems = check_layout(cfg)
+    if problems:
+        raise ConfigError("\n".join([f"{path}: invalid station configuration ({len(problems)} error(s))",
+                                      *(f"  {path}: {p}" for p in problems)]))
+    return cfg
 
 
 def load_station_config(path: Path | str) -> StationConfig:

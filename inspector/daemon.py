@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from inspector.backends import load_backend
 from inspector.backends.base import DetectorBackend
 from inspector.bus import AlarmBus, AlarmSequencer, open_session
-from inspector.config import ConfigError, StationConfig, load_station_config
+from inspector.config import ConfigError, DetectorConfig, StationConfig, load_station_config
 from inspector.db import BusSession, make_engine, make_session_factory, upgrade_database
 from inspector.db.records import ensure_station, register_model
 from inspector.drift import DriftTracker
@@ -37,6 +37,8 @@ from inspector.logging_json import log_fields
 from inspector.metrics import InspectorMetrics, MetricsServer
 from inspector.pipeline import FrameOutcome, Pipeline
 from inspector.reconcile import reconcile, scan_drop_folder
+from inspector.resources import (ResourceExhausted, describe, ensure_fd_headroom, fd_pressure,
+                                 is_resource_exhaustion)
 from inspector.sdnotify import PipelineSnapshot, ProgressMonitor, SdNotifier, WatchdogPinger, watchdog_interval
 from inspector.storage import purge_older_than
 from inspector.supervisor import (Backoff, DetectorTimeout, InspectionUnavailable, RestartBudget, StationHealth,
@@ -55,6 +57,33 @@ class HealthState(str, Enum):
     DEGRADED = "degraded"  # running, but something needs a person (observer restarted, DB errors, ...)
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+def model_verification(det: DetectorConfig) -> str:
+    """How the model about to run is checked (the ``models.verification`` column)."""
+    if det.backend == "difference":
+        return "config"
+    if det.signing_public_key is not None:
+        return "signature"
+    return "sha256" if det.verifies_hash else "unverified"
+
+
+def load_verified_backend(det: DetectorConfig) -> DetectorBackend:
+    """Load the configured backend after checking its artifact: the Ed25519 signature when
+    ``detector.signing_public_key`` is set (a tampered or unsigned artifact is refused), else the backend's
+    own sha256 check, unless ``verify_hash: false`` (loaded unchecked: said in the log at every load)."""
+    if det.signing_public_key is not None:
+        from engines.signing import verify_artifact
+
+        assert det.artifact is not None
+        signed = verify_artifact(det.artifact, det.signing_public_key)
+        log.info("artifact signature verified", **log_fields(artifact=str(det.artifact), key_id=signed.key_id,
+                                                             files=len(signed.files)))
+    elif model_verification(det) == "unverified":
+        log.warning("model loaded WITHOUT verification (detector.options.verify_hash: false): its hash is not "
+                    "checked and its results are recorded as from an unverified model",
+                    **log_fields(artifact=str(det.artifact)))
+    return load_backend(det.backend, det.artifact, **det.options)
 
 
 def backend_identity(cfg: StationConfig, backend: DetectorBackend) -> tuple[str, str]:
@@ -97,7 +126,7 @@ class Daemon:
         self.state = HealthState.STOPPED
         self.queue = FrameQueue(cfg.queue_size)
         self.watchers: dict[str, CameraWatcher] = {}
-        self.errors: dict[str, int] = {"db": 0, "worker": 0, "reload": 0, "observer_restarts": 0}
+        self.errors: dict[str, int] = {"db": 0, "worker": 0, "reload": 0, "observer_restarts": 0, "resources": 0}
         self.last_frame_at: datetime | None = None
         self.in_flight: FrameJob | None = None
         self._stop_worker = threading.Event()
@@ -142,6 +171,11 @@ class Daemon:
     def _start(self) -> None:
         self.state = HealthState.STARTING
         cfg = self.cfg
+        for warning in cfg.exposure_warnings():  # allowed by the config, said at every start
+            log.warning("listener reachable from the network without authentication", **log_fields(warning=warning))
+        fd_limit, fd_warnings = ensure_fd_headroom(cfg)  # raises when the limit cannot hold the connection caps
+        for warning in fd_warnings:
+            log.warning("file-descriptor limit", **log_fields(warning=warning, limit=fd_limit))
         for name in ("processed", "quarantine", "annotated", "templates"):
             cfg.dir_for(name).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         self.engine = make_engine(cfg.db_url)
@@ -165,7 +199,8 @@ class Daemon:
         self.pipeline.frame_hooks.append(self._on_frame)
         self.pipeline.stage_hooks.append(self.metrics.observe_stage)  # hooks get (stage, seconds)
         if cfg.metrics.port is not None and self.metrics_server is None:
-            self.metrics_server = self.metrics.serve(cfg.metrics.port, cfg.metrics.address)
+            self.metrics_server = self.metrics.serve(cfg.metrics.port, cfg.metrics.address,
+                                                     allow_non_loopback=cfg.metrics.allow_plaintext)
             log.info("metrics endpoint", **log_fields(url=f"http://{cfg.metrics.address}:{self.metrics_server.port}/metrics"))
         self._stop_worker.clear()
         self._stop_supervisor.clear()
@@ -209,7 +244,7 @@ class Daemon:
             factory = lambda: given  # noqa: E731 - a caller-owned instance: "restart" re-uses it
         if factory is None:
             det = cfg.detector
-            factory = lambda: load_backend(det.backend, det.artifact, **det.options)  # noqa: E731
+            factory = lambda: load_verified_backend(det)  # noqa: E731 - every (re)load checks the artifact again
 
         def on_event(event: str) -> None:
             if event == "restart":
@@ -256,7 +291,7 @@ class Daemon:
         sha, precision = backend_identity(self.cfg, backend)
         return register_model(self.factory, sha, self.cfg.detector.backend, precision,
                               str(self.cfg.detector.artifact) if self.cfg.detector.artifact else None,
-                              list(backend.class_names))
+                              list(backend.class_names), model_verification(self.cfg.detector))
 
     def _start_watchers(self) -> None:
         for cam in self.cfg.cameras:
@@ -315,24 +350,22 @@ class Daemon:
             if self._db_backoff.attempts:
                 self._db_backoff.reset()
                 self.station_health.recover("database")
+            self.station_health.recover("resources")
         except SQLAlchemyError as exc:
-            # The DB is unavailable (locked by another writer, server down): the frame is fine and stays in
-            # the drop folder; retry it with exponential backoff, and say "degraded" meanwhile.
-            self.errors["db"] += 1
-            self.progress += 1  # waiting on the DB is not a wedge: restarting us would not fix it
-            self.metrics.db_retries.inc()
-            retry_after = self._db_backoff.next_delay()
-            cause = getattr(exc, "orig", None) or exc
-            self.station_health.degrade("database", f"database unavailable ({type(cause).__name__})")
-            log.error("database error; frame kept for retry", **log_fields(
-                camera=job.camera, frame=job.path.name, retry_in_s=retry_after, error=str(exc).splitlines()[0]))
+            if is_resource_exhaustion(exc):  # SQLite cannot open its files: descriptors, not the database
+                retry_after = self._resource_failure(job, exc)
+            else:
+                retry_after = self._database_failure(job, exc)
         except (DetectorTimeout, InspectionUnavailable) as exc:
             retry_after = 1.0  # the supervisor already reported degraded; the frame waits for a detector
             log.error("detector unavailable; frame kept for retry", **log_fields(
                 camera=job.camera, frame=job.path.name, error=str(exc)))
-        except Exception:  # noqa: BLE001 - the worker must outlive any single frame
-            self.errors["worker"] += 1
-            log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
+        except Exception as exc:  # noqa: BLE001 - the worker must outlive any single frame
+            if isinstance(exc, ResourceExhausted) or is_resource_exhaustion(exc):
+                retry_after = self._resource_failure(job, exc)
+            else:
+                self.errors["worker"] += 1
+                log.exception("frame worker error", **log_fields(camera=job.camera, frame=job.path.name))
         finally:
             self.in_flight = None
             if not retry_after:
@@ -343,6 +376,30 @@ class Daemon:
             self.queue.done(job)
             if not self._stop_worker.is_set():
                 self.offer(job.camera, job.path, "retry")
+
+    def _database_failure(self, job: FrameJob, exc: SQLAlchemyError) -> float:
+        """The DB is unavailable (locked by another writer, server down): the frame is fine and stays in the drop
+        folder; retry it with exponential backoff, and say "degraded" meanwhile."""
+        self.errors["db"] += 1
+        self.progress += 1  # waiting on the DB is not a wedge: restarting us would not fix it
+        self.metrics.db_retries.inc()
+        retry_after = self._db_backoff.next_delay()
+        cause = getattr(exc, "orig", None) or exc
+        self.station_health.degrade("database", f"database unavailable ({type(cause).__name__})")
+        log.error("database error; frame kept for retry", **log_fields(
+            camera=job.camera, frame=job.path.name, retry_in_s=retry_after, error=str(exc).splitlines()[0]))
+        return retry_after
+
+    def _resource_failure(self, job: FrameJob, exc: BaseException) -> float:
+        """Out of file descriptors (or another system resource): the frame is fine, keep it and retry; health
+        says why (``resources``) until a frame commits again."""
+        self.errors["resources"] += 1
+        self.progress += 1  # waiting for descriptors is not a wedge of the pipeline
+        reason = str(exc) if isinstance(exc, ResourceExhausted) else describe(exc)
+        self.station_health.degrade("resources", reason)
+        log.error("frame kept for retry: system resources exhausted", **log_fields(
+            camera=job.camera, frame=job.path.name, error=reason, descriptors=fd_pressure(0.0)))
+        return 1.0
 
     def _supervisor(self) -> None:
         next_reconcile = time.monotonic() + self.cfg.reconcile_interval_s

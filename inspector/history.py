@@ -17,7 +17,7 @@ from typing import Iterable, Literal
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from inspector.db.models import Camera, DetectionRow, Frame, FrameReview, ReviewEvent
+from inspector.db.models import Camera, DetectionRow, Frame, FrameReview, ModelRecord, ReviewEvent
 from inspector.review import review_states
 
 
@@ -50,6 +50,7 @@ class HistoryRow:
     reason: str | None
     review: str  # the frame's review state
     verdict: str | None  # the detection's: confirmed | false_call | wrong_class:<class> | unreviewed
+    model_verification: str | None  # signature | sha256 | unverified | config (see ModelRecord)
 
 
 def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
@@ -82,12 +83,13 @@ def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
 
 def query_history(db: Session, f: HistoryFilter) -> list[HistoryRow]:
     """One row per detection (frames without detections: one row with empty class), newest first."""
-    query = _filtered(select(Frame, Camera.name, DetectionRow), f, True)
+    query = _filtered(select(Frame, Camera.name, DetectionRow, ModelRecord.verification), f, True)
+    query = query.outerjoin(ModelRecord, ModelRecord.id == Frame.model_id)
     query = query.order_by(Frame.processed_at.desc(), Frame.id.desc()).limit(f.limit)
     found = db.execute(query).all()
-    states = review_states(db, list({frame.id: frame for frame, _, _ in found}.values()))
+    states = review_states(db, list({frame.id: frame for frame, _, _, _ in found}.values()))
     rows = []
-    for frame, camera, det in found:
+    for frame, camera, det, verification in found:
         state = states[frame.id]
         verdict = state.detections[det.id] if det else None
         rows.append(HistoryRow(
@@ -95,7 +97,8 @@ def query_history(db: Session, f: HistoryFilter) -> list[HistoryRow]:
             frame.name, frame.status, det.class_name if det else None, round(det.score, 4) if det else None,
             f"{det.x1:.0f},{det.y1:.0f},{det.x2:.0f},{det.y2:.0f}" if det else None, frame.reason, state.state,
             None if verdict is None else
-            (f"wrong_class:{verdict.class_name}" if verdict.state == "wrong_class" else verdict.state)))
+            (f"wrong_class:{verdict.class_name}" if verdict.state == "wrong_class" else verdict.state),
+            verification))
     return rows
 
 

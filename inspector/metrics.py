@@ -8,17 +8,20 @@ Metric names (all prefixed ``rddn_``) are part of the operations contract docume
 """
 from __future__ import annotations
 
-import ipaddress
+import logging
+import queue
+import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import make_wsgi_app
+
+from inspector.security import check_exposure, reachable_from_network
 
 if TYPE_CHECKING:
     from inspector.drift import DriftState
@@ -36,14 +39,109 @@ class MetricsConfig(BaseModel):
 
     port: int | None = Field(None, ge=0, le=65535)
     address: str = "127.0.0.1"
+    allow_plaintext: bool = False  # the endpoint has no authentication: a non-loopback address needs this
+
+    @model_validator(mode="after")
+    def _exposure(self) -> "MetricsConfig":
+        self.exposure_warnings()
+        return self
+
+    def exposure_warnings(self) -> list[str]:
+        if self.port is None:
+            return []
+        warning = check_exposure("metrics.address", self.address, secured=False,
+                                 allow_plaintext=self.allow_plaintext, allow_key="metrics.allow_plaintext",
+                                 how_to_secure="Scrape it through a reverse proxy with TLS and authentication.")
+        return [warning] if warning else []
 
 
-@dataclass
+METRICS_PATH = "/metrics"
+SERVER_THREADS = 4  # requests handled at once; a scrape takes milliseconds
+PENDING_CONNECTIONS = 16  # accepted connections waiting for a thread; beyond that new ones are closed at once
+IDLE_TIMEOUT_S = 5.0  # a connection that sends nothing for this long is dropped (slow or idle clients)
+
+_log = logging.getLogger("inspector.metrics")
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """WSGI app answering ``GET /metrics`` (and HEAD) with the exposition; 404 for every other path."""
+    exposition = make_wsgi_app(registry)
+
+    def app(environ: dict[str, object], start_response: Callable[..., object]) -> Iterable[bytes]:
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") != METRICS_PATH:
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"not found: this endpoint serves /metrics only\n"]
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")])
+            return [b"method not allowed: GET /metrics\n"]
+        body = exposition({**environ, "REQUEST_METHOD": "GET"}, start_response)
+        return [] if method == "HEAD" else body
+
+    return app
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        _log.debug("metrics request " + format, *args)
+
+
+class BoundedWSGIServer(WSGIServer):
+    """A WSGI server with a fixed pool of request threads (the stdlib's threading server spends one thread
+    per connection, without bound). The accepting thread queues a connection for the pool; when the queue is
+    full the connection is closed at once (``rejected``), so a connection flood costs a bounded number of
+    threads and file descriptors."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: socket.AddressFamily, threads: int = SERVER_THREADS,
+                 pending: int = PENDING_CONNECTIONS, idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+        self.address_family = family
+        super().__init__(address, _Handler)
+        self.idle_timeout_s = idle_timeout_s
+        self.rejected = 0
+        self._queue: queue.Queue[tuple[socket.socket, object] | None] = queue.Queue(pending)
+        self._workers = [threading.Thread(target=self._work, name=f"metrics-http-{i}", daemon=True)
+                         for i in range(threads)]
+        for worker in self._workers:
+            worker.start()
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            self._queue.put_nowait((request, client_address))
+        except queue.Full:
+            self.rejected += 1
+            self.shutdown_request(request)
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            request, client_address = item
+            try:
+                request.settimeout(self.idle_timeout_s)  # every read: an idle connection cannot hold a thread
+                self.finish_request(request, client_address)
+            except OSError:  # timed out or reset by the client: nothing to answer
+                pass
+            except Exception:  # noqa: BLE001 - one bad request must not end a worker
+                _log.exception("metrics request failed")
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join(self.idle_timeout_s + 1.0)
+
+
 class MetricsServer:
     """A running exposition endpoint; ``port`` is the bound port (useful when 0 asked for a free one)."""
 
-    server: WSGIServer
-    thread: threading.Thread
+    def __init__(self, server: BoundedWSGIServer) -> None:
+        self.server = server
+        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                       name="metrics-accept", daemon=True)
+        self.thread.start()
 
     @property
     def port(self) -> int:
@@ -161,17 +259,21 @@ class InspectorMetrics:
         """The text exposition format, as a scrape would see it."""
         return generate_latest(self.registry)
 
-    def serve(self, port: int, addr: str = "127.0.0.1", allow_non_loopback: bool = False) -> MetricsServer:
-        """Start the HTTP endpoint in a daemon thread; ``port=0`` binds a free port (see ``MetricsServer.port``)."""
-        if not allow_non_loopback and not ipaddress.ip_address(addr).is_loopback:
+    def serve(self, port: int, addr: str = "127.0.0.1", allow_non_loopback: bool = False,
+              idle_timeout_s: float = IDLE_TIMEOUT_S) -> MetricsServer:
+        """Start the HTTP endpoint (``GET /metrics`` only, :data:`SERVER_THREADS` request threads, idle
+        connections dropped after ``idle_timeout_s``); ``port=0`` binds a free port (see ``MetricsServer.port``)."""
+        if not allow_non_loopback and reachable_from_network(addr):
             raise ValueError(
                 f"metrics address {addr!r} is not loopback; the endpoint is unauthenticated "
-                "(set allow_non_loopback only behind a firewall/proxy)"
+                "(metrics.allow_plaintext: true only behind a firewall/proxy)"
             )
         if not 0 <= port <= 65535:
             raise ValueError(f"metrics port {port} out of range 0..65535")
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
-        return MetricsServer(server=server, thread=thread)
+        family, host = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0::4]
+        server = BoundedWSGIServer((host[0], port), family, idle_timeout_s=idle_timeout_s)
+        server.set_app(metrics_app(self.registry))
+        return MetricsServer(server)
 
 
 def sample_value(metrics: InspectorMetrics, name: str, labels: dict[str, str] | None = None) -> float | None:

@@ -37,6 +37,7 @@ from inspector.detector_strikes import DetectorStrikes
 from inspector.ingest import FrameJob, sha256_bytes
 from inspector.logging_json import log_fields
 from inspector.naming import FrameName, FrameNameError, parse_frame_name
+from inspector.resources import ResourceExhausted, describe, is_resource_exhaustion
 from inspector.storage import dated_dir, move_file, quarantine_file, unique_destination
 from inspector.supervisor import DetectorTimeout, InspectionUnavailable
 from inspector.templates import TemplateStore
@@ -289,6 +290,8 @@ class Pipeline:
         except InspectionUnavailable:
             raise  # no detector right now: the frame is fine; the daemon keeps it and retries (never quarantine)
         except Exception as exc:  # noqa: BLE001 - a frame that breaks a stage is quarantined, the daemon goes on
+            if is_resource_exhaustion(exc):
+                raise ResourceExhausted(describe(exc)) from exc  # the machine, not the frame: keep it, retry
             log.exception("frame processing failed", **log_fields(camera=cam.id, frame=job.path.name))
             a.kind, a.q_kind, a.q_message = "quarantine", "error", f"processing error: {type(exc).__name__}: {exc}"
         return a

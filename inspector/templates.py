@@ -13,7 +13,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from inspector.config import StationConfig
+from inspector.config import StationConfig, check_path_name
 from inspector.db.models import Camera, Frame, Template
 from inspector.ingest import sha256_bytes
 
@@ -64,6 +64,10 @@ class TemplateStore:
         ``source`` is the one-line description ``templates list`` shows, ``provenance`` the structured record
         (``{"method": "median" | "frame" | "file" | "array", "frames": [...], ...}``) kept with the version."""
         cam_id = self._camera_id(camera)
+        try:
+            check_path_name("template position", position)  # it names a folder of the template store
+        except ValueError as exc:
+            raise TemplateError(str(exc)) from None
         if isinstance(image, (str, Path)):
             source = source or str(image)
             provenance = provenance or {"method": "file", "path": str(image)}

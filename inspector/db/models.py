@@ -67,12 +67,16 @@ class Template(Base):
 
 
 class ModelRecord(Base):
+    """A deployed model. ``verification``: signature | sha256 | unverified | config (migration 0003 explains);
+    part of the identity, so frames inspected by an unchecked model say so."""
+
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("sha256", "backend", name="uq_models_sha_backend"),)
+    __table_args__ = (UniqueConstraint("sha256", "backend", "verification", name="uq_models_sha_backend_verification"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sha256: Mapped[str] = mapped_column(String(64))
     backend: Mapped[str] = mapped_column(String(32))
     precision: Mapped[str] = mapped_column(String(16))
+    verification: Mapped[str] = mapped_column(String(16), server_default="sha256")
     path: Mapped[str | None] = mapped_column(Text)
     class_names: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -28,12 +28,14 @@ def ensure_station(factory: sessionmaker[Session], cfg: StationConfig) -> dict[s
 
 
 def register_model(factory: sessionmaker[Session], sha256: str, backend: str, precision: str, path: str | None,
-                   class_names: list[str]) -> int:
-    """Row id of the (sha256, backend) model, inserting it the first time it is seen."""
+                   class_names: list[str], verification: str) -> int:
+    """Row id of the (sha256, backend, verification) model, inserting it the first time it is seen."""
     with factory.begin() as session:
-        row = session.scalar(select(ModelRecord).where(ModelRecord.sha256 == sha256, ModelRecord.backend == backend))
+        row = session.scalar(select(ModelRecord).where(ModelRecord.sha256 == sha256, ModelRecord.backend == backend,
+                                                       ModelRecord.verification == verification))
         if row is None:
-            row = ModelRecord(sha256=sha256, backend=backend, precision=precision, path=path, class_names=class_names)
+            row = ModelRecord(sha256=sha256, backend=backend, precision=precision, path=path, class_names=class_names,
+                              verification=verification)
             session.add(row)
             session.flush()
         return row.id

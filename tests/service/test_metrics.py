@@ -1,6 +1,11 @@
 """Prometheus metrics: per-instance registries and a real scrape over loopback HTTP."""
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
+import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -62,3 +67,50 @@ def test_refuses_non_loopback_and_bad_input() -> None:
         m.serve(70000)
     with pytest.raises(ValueError, match="unknown health state"):
         m.set_health("sleepy")
+
+
+def _status(port: int, method: str, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_only_metrics_is_served() -> None:
+    server = InspectorMetrics("paths").serve(0)
+    try:
+        assert _status(server.port, "GET", "/metrics") == 200
+        assert _status(server.port, "HEAD", "/metrics") == 200
+        for path in ("/", "/favicon.ico", "/metrics/", "/metricsx", "/admin", "/../etc/passwd"):
+            assert _status(server.port, "GET", path) == 404, path
+        assert _status(server.port, "POST", "/metrics") == 405
+    finally:
+        server.close()
+
+
+def test_idle_connections_cost_a_bounded_number_of_threads_and_are_dropped() -> None:
+    server = InspectorMetrics("flood").serve(0, idle_timeout_s=0.5)
+    before = threading.active_count()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(60)]  # connect, never speak
+    try:
+        for _ in range(5):
+            time.sleep(0.1)
+            assert threading.active_count() <= before, "a thread per connection"
+        deadline = time.monotonic() + 10
+        while True:  # idle ones time out (0.5 s each, SERVER_THREADS at a time): a scrape gets through
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=2).read()
+                break
+            except (urllib.error.URLError, ConnectionError, http.client.HTTPException):
+                assert time.monotonic() < deadline, "the endpoint never recovered from idle connections"
+                time.sleep(0.2)
+        assert b"rddn_station_info" in body
+        assert threading.active_count() <= before
+    finally:
+        for sock in idle:
+            sock.close()
+        server.close()

@@ -81,3 +81,13 @@ def test_gpu_dropin_keeps_devices_visible() -> None:
     s = _settings(GPU_DROPIN)
     assert "video" in s["SupplementaryGroups"][0]
     assert "PrivateDevices" not in s and "DevicePolicy" not in s
+
+
+def test_unit_fd_limit_holds_a_station_at_its_connection_caps() -> None:
+    from inspector.config import parse_station_config
+    from inspector.resources import RECOMMENDED_FDS, fd_budget
+
+    [limit] = _settings(UNIT)["LimitNOFILE"]
+    cfg = parse_station_config({"station": "s", "cameras": [{"id": "c", "drop_folder": "/srv/rddn/s/drop"}],
+                                "workers": 16, "metrics": {"port": 9464}}, "<unit>", ROOT)
+    assert int(limit) >= max(RECOMMENDED_FDS, 4 * fd_budget(cfg).required)
