@@ -67,7 +67,7 @@ class Template(Base):
 
 
 class ModelRecord(Base):
-    """A deployed model. ``verification``: signature | sha256 | unverified | config (migration 0003 explains);
+    """A deployed model. ``verification``: signature | sha256 | unverified | config (migration 0004 explains);
     part of the identity, so frames inspected by an unchecked model say so."""
 
     __tablename__ = "models"

@@ -6,15 +6,15 @@
 ``config`` (no model file: the classical difference detector). Existing rows were loaded with the hash check
 (the only mode before this revision that recorded them as genuine) unless their backend is ``difference``.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-01
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
