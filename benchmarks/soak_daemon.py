@@ -3,7 +3,8 @@
 Why a separate benchmark from ``daemon_throughput.py``: that one measures speed in-process; this one measures
 what the line cares about over days, in the deployed shape (a subprocess as systemd runs it): sustained frames/s
 including crash recoveries, daemon RSS growth between restarts, restart-to-first-frame time, and at the end
-the invariants: every frame exactly once, every alarm session gap-free and fully replayable.
+the invariants: every frame exactly once with one result, every alarm and result session gap-free and fully
+replayable (paged).
 
     .venv/bin/python benchmarks/soak_daemon.py                                  # 1000 frames, kill every 250
     .venv/bin/python benchmarks/soak_daemon.py --frames 10000 --kill-every 0    # memory flatness, no kills
@@ -11,7 +12,6 @@ the invariants: every frame exactly once, every alarm session gap-free and fully
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from inspector.config import load_station_config  # noqa: E402
 from inspector.db import make_engine, make_session_factory, upgrade_database  # noqa: E402
-from inspector.db.models import Alarm, Frame  # noqa: E402
+from inspector.alarms_tail import ReplayError, request_replay  # noqa: E402
+from inspector.db.models import Alarm, Frame, ResultRow  # noqa: E402
 from inspector.db.records import ensure_station  # noqa: E402
 from inspector.demo.frames import demo_spec, encode_jpeg, make_frame, position_name, position_templates  # noqa: E402
 from inspector.templates import TemplateStore  # noqa: E402
@@ -151,21 +152,26 @@ def main() -> int:
         names = Counter(n for (n,) in db.query(Frame.name).all())
         stage_rows = [r for (r,) in db.query(Frame.stage_ms).all() if r]
         alarms = db.query(Alarm.session_id, Alarm.seq).all()
-    sessions: dict[str, list[int]] = {}
-    for session, seq in alarms:
-        sessions.setdefault(session, []).append(seq)
-    gap_free = all(sorted(s) == list(range(1, len(s) + 1)) for s in sessions.values())
+        results = db.query(ResultRow.session_id, ResultRow.seq, ResultRow.frame_id).all()
+    streams: dict[str, dict[str, list[int]]] = {"alarm": {}, "result": {}}
+    for kind, rows in (("alarm", alarms), ("result", results)):
+        for session, seq, *_ in rows:
+            streams[kind].setdefault(session, []).append(seq)
+    sessions = streams["alarm"]
+    gap_free = all(sorted(s) == list(range(1, len(s) + 1)) for kind in streams.values() for s in kind.values())
+    one_result_per_frame = len(results) == sum(names.values()) and len({f for *_, f in results}) == len(results)
     ctx = zmq.Context()
     replay_ok = True
     st.start()
-    for session, seqs in sessions.items():
-        sock = ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(st.replay)
-        sock.send_multipart([b"", json.dumps({"session": session, "after": 0}).encode()])
-        reply = [f for f in sock.recv_multipart() if f] if sock.poll(10_000) else []
-        sock.close()
-        replay_ok &= bool(reply) and json.loads(reply[0]).get("count") == len(seqs)
+    for kind, by_session in streams.items():
+        for session, seqs in by_session.items():
+            try:
+                _, replayed = request_replay(ctx, st.replay, session, 0, kind, timeout_ms=10_000)  # every page
+            except ReplayError as exc:
+                print(f"replay of {kind} session {session} failed: {exc}")
+                replay_ok = False
+                continue
+            replay_ok &= [m["seq"] for m in replayed] == sorted(seqs)
     st.proc.send_signal(signal.SIGTERM)
     st.proc.wait(60)
     ctx.term()
@@ -181,12 +187,15 @@ def main() -> int:
     print("daemon RSS (MB) at frame: " + ", ".join(f"{n}: {m:.0f}" for n, m in rss))
     print(f"exactly once: {len(names) == args.frames and max(names.values()) == 1} "
           f"({len(names)} distinct of {args.frames}, max rows per frame {max(names.values())})")
-    print(f"alarm sessions: {len(sessions)}, gap-free: {gap_free}, fully replayable: {replay_ok}; SIGTERM exit {rc}")
+    print(f"one result per frame: {one_result_per_frame} ({len(results)} results)")
+    print(f"alarm sessions: {len(sessions)}, alarms and results gap-free: {gap_free}, fully replayable (paged): "
+          f"{replay_ok}; SIGTERM exit {rc}")
     if args.keep:
         print(f"work directory kept: {root}")
     else:
         shutil.rmtree(root, ignore_errors=True)
-    ok = len(names) == args.frames and max(names.values()) == 1 and gap_free and replay_ok and rc == 0
+    ok = (len(names) == args.frames and max(names.values()) == 1 and one_result_per_frame and gap_free and replay_ok
+          and rc == 0)
     return 0 if ok else 1
 
 

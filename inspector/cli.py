@@ -216,7 +216,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_alarms_tail(args: argparse.Namespace) -> int:
-    from inspector.alarms_tail import AlarmTail, format_alarm
+    from inspector.alarms_tail import AlarmTail, format_alarm, format_result
 
     station = args.station
     publish, replay = args.publish, args.replay
@@ -234,24 +234,30 @@ def cmd_alarms_tail(args: argparse.Namespace) -> int:
 
         secure = lambda sock: secure_client(sock, Path(server_key), args.client_key)  # noqa: E731
 
-    def show_alarm(alarm: dict) -> None:
-        print(json.dumps(alarm) if args.json else format_alarm(alarm), flush=True)
+    def show(formatter):
+        return lambda message: print(json.dumps(message) if args.json else formatter(message), flush=True)
 
     def show_status(status: dict) -> None:
         if status.get("type") != "heartbeat" or args.heartbeats:
             print(json.dumps(status) if args.json else
                   f"-- {status['type']} station={status['station']} session={status['session']} "
-                  f"last_seq={status.get('last_seq')}", flush=True)
+                  f"last_seq={status.get('last_seq')} last_result_seq={status.get('last_result_seq')}", flush=True)
 
-    tail = AlarmTail(publish, replay, station, show_alarm, show_status, after=args.after, session=args.session,
-                     secure=secure)
+    streams = "alarms and results" if args.results else "alarms"
+    print(f"-- {streams} keyed on (session, seq): seq is gap-free per session and stream, a restart starts a new "
+          f"session; gaps are filled from {replay}", file=sys.stderr, flush=True)
+    tail = AlarmTail(publish, replay, station, show(format_alarm), show_status, after=args.after, session=args.session,
+                     secure=secure, on_result=show(format_result) if args.results else None,
+                     result_after=args.result_after)
     try:
         state = tail.run(args.duration)
     except KeyboardInterrupt:
         state = tail.state
     finally:
         tail.close()
-    print(f"-- {state.delivered} alarm(s), {state.replayed} replayed, {state.gaps} gap(s) filled", file=sys.stderr)
+    for kind, st in state.streams.items():
+        print(f"-- {st.delivered} {kind}(s), {st.replayed} replayed, {st.gaps} gap(s) filled; last (session, seq) = "
+              f"({st.session}, {st.last_seq})", file=sys.stderr)
     return 0
 
 
@@ -322,13 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("alarms", help="alarm bus tools")
     asub = p.add_subparsers(dest="alarms_command", required=True)
-    a = asub.add_parser("tail", help="print alarms; fills sequence gaps from the replay endpoint")
+    a = asub.add_parser("tail", help="print alarms (--results: every frame's result too), keyed on (session, seq); "
+                                     "fills sequence gaps from the replay endpoint")
     a.add_argument("--config")
     a.add_argument("--publish", help="PUB endpoint (instead of --config)")
     a.add_argument("--replay", help="replay endpoint (instead of --config)")
     a.add_argument("--station")
     a.add_argument("--after", type=int, help="also replay the current session's alarms after this seq (0 = all)")
     a.add_argument("--session", help="resume this session (with --after)")
+    a.add_argument("--results", action="store_true", help="also print result.<station>.<camera> (every frame)")
+    a.add_argument("--result-after", type=int, help="results: like --after for the result seq (default: --after)")
     a.add_argument("--duration", type=float, help="stop after this many seconds")
     a.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
     a.add_argument("--json", action="store_true")

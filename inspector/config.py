@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from inspector.drift import DriftConfig
 from inspector.metrics import MetricsConfig
+from inspector.outputs.zeromq_replay import ReplayLimits
 from inspector.security import ConnectionLimits, CurveSettings, check_exposure, reachable_from_network
 from inspector.supervisor import SupervisionConfig
 
@@ -52,6 +53,7 @@ class BusConfig(_Strict):
     replay: str = "tcp://127.0.0.1:5557"
     heartbeat_s: float = Field(1.0, gt=0)
     curve: CurveSettings = CurveSettings()  # CURVE encryption / client-key auth (docs/operations.md)
+    replay_limits: ReplayLimits = ReplayLimits()  # page size, request size, per-peer rate (docs/operations.md)
     allow_plaintext: bool = False  # bind beyond loopback without CURVE: refused unless true (then warned)
     connections: ConnectionLimits = ConnectionLimits()  # caps and deadlines against connection floods
 
@@ -240,13 +242,19 @@ class StationConfig(_Strict):
                 return cam
         raise KeyError(f"station '{self.station}' has no camera '{camera_id}' (have {[c.id for c in self.cameras]})")
 
+    def alarm_rule_for(self, label: str, score: float, area: float) -> int | None:
+        """Index of the first alarm rule of the highest severity this detection matches, or None."""
+        best: int | None = None
+        for i, rule in enumerate(self.alarm_rules):
+            if rule.matches(label, score, area) and (
+                    best is None or SEVERITY_RANK[rule.severity] > SEVERITY_RANK[self.alarm_rules[best].severity]):
+                best = i
+        return best
+
     def severity_for(self, label: str, score: float, area: float) -> str | None:
         """Highest severity among the alarm rules this detection matches, or None."""
-        best: str | None = None
-        for rule in self.alarm_rules:
-            if rule.matches(label, score, area) and (best is None or SEVERITY_RANK[rule.severity] > SEVERITY_RANK[best]):
-                best = rule.severity
-        return best
+        index = self.alarm_rule_for(label, score, area)
+        return None if index is None else self.alarm_rules[index].severity
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:

@@ -4,7 +4,8 @@ Explicit ``start()``/``stop()``/``reload()``/``health()`` and no module-level st
 (systemd notify, metrics, fault tests) can drive it, and tests can run several in one process. Threads:
 ``workers`` analysis threads (decode/align/detect: OpenCV and ONNX Runtime release the GIL) feeding one
 commit thread (DB, publish, move: one at a time, in arrival order, so the alarm sequence is gap-free and memory
-bounded), one observer per camera, the bus thread, and a supervisor (periodic reconcile, observer liveness,
+bounded; each committed result goes to every output through one ``OutputDispatcher``), one observer per camera,
+the outputs' own threads (bus heartbeats, replay), and a supervisor (periodic reconcile, observer liveness,
 retention).
 """
 from __future__ import annotations
@@ -27,7 +28,6 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from inspector.backends import load_backend
 from inspector.backends.base import DetectorBackend
-from inspector.bus import AlarmBus, AlarmSequencer, open_session
 from inspector.config import ConfigError, DetectorConfig, StationConfig, load_station_config
 from inspector.db import BusSession, make_engine, make_session_factory, upgrade_database
 from inspector.db.records import ensure_station, register_model
@@ -35,6 +35,10 @@ from inspector.drift import DriftTracker
 from inspector.ingest import FrameJob, FrameQueue
 from inspector.logging_json import log_fields
 from inspector.metrics import InspectorMetrics, MetricsServer
+from inspector.outputs import OutputContext, OutputDispatcher, StationState, build_outputs
+from inspector.outputs.result import ModelRef
+from inspector.outputs.session import SessionSequencer, open_session
+from inspector.outputs.zeromq import ZeroMQOutput
 from inspector.pipeline import FrameOutcome, Pipeline
 from inspector.reconcile import reconcile, scan_drop_folder
 from inspector.resources import (ResourceExhausted, describe, ensure_fd_headroom, fd_pressure,
@@ -133,7 +137,7 @@ class Daemon:
         self._stop_supervisor = threading.Event()
         self._reload_requested = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.bus: AlarmBus | None = None
+        self.outputs: OutputDispatcher | None = None
         self.pipeline: Pipeline | None = None
 
     # -- start ---------------------------------------------------------------------------------------------
@@ -154,11 +158,11 @@ class Daemon:
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(5.0)
-        for name in ("bus", "backend"):
+        for name in ("outputs", "backend"):
             part = getattr(self, name, None)
             try:
                 if part is not None:
-                    part.stop() if name == "bus" else part.close()
+                    part.stop() if name == "outputs" else part.close()
             except Exception:  # noqa: BLE001 - best effort: the original error is what matters
                 log.exception("cleanup after failed start", **log_fields(part=name))
         if self.metrics_server is not None:
@@ -187,15 +191,15 @@ class Daemon:
                                   on_update=self.metrics.template_drift)
         self.notifier.extend_timeout(cfg.supervision.load_timeout_s)  # a TensorRT engine build may take minutes
         self.backend = self._supervised_backend(cfg)
-        self.model_id = self._wait_for_database(lambda: self._register_backend(self.backend))
-        session_id, prev_id, prev_seq = self._wait_for_database(lambda: open_session(self.factory, cfg.station))
-        self.sequencer = AlarmSequencer(session_id)
-        self.bus = AlarmBus(cfg.station, cfg.bus.publish, cfg.bus.replay, self.factory, session_id,
-                            cfg.bus.heartbeat_s, (prev_id, prev_seq), health=self.health_summary, curve=cfg.bus.curve)
-        self.bus.start()
+        self.model = self._wait_for_database(lambda: self._register_backend(self.backend))
+        session = self._wait_for_database(lambda: open_session(self.factory, cfg.station))
+        self.sequencer = SessionSequencer(session.id)
+        self.outputs = build_outputs(cfg)
+        self.outputs.start(OutputContext(cfg.station, session, self.factory, health=self.health_summary,
+                                         last_seqs=self.sequencer.last))
         self.station_health.subscribe(self._on_health_change)
-        self.pipeline = Pipeline(cfg, self.factory, self.camera_ids, self.templates, self.backend, self.model_id,
-                                 self.sequencer, self.bus)
+        self.pipeline = Pipeline(cfg, self.factory, self.camera_ids, self.templates, self.backend, self.model,
+                                 self.sequencer, self.outputs)
         self.pipeline.frame_hooks.append(self._on_frame)
         self.pipeline.stage_hooks.append(self.metrics.observe_stage)  # hooks get (stage, seconds)
         if cfg.metrics.port is not None and self.metrics_server is None:
@@ -212,7 +216,7 @@ class Daemon:
         self._threads[1].start()
         self.state = HealthState.HEALTHY
         self.metrics.set_health("healthy")
-        log.info("inspection started", **log_fields(station=cfg.station, session=session_id,
+        log.info("inspection started", **log_fields(station=cfg.station, session=session.id,
                                                     backend=cfg.detector.backend, publish=self.bus.bound_publish,
                                                     replay=self.bus.bound_replay, cameras=list(self.camera_ids)))
 
@@ -263,14 +267,18 @@ class Daemon:
                                   on_state=on_state, on_event=on_event, concurrency=cfg.workers)
 
     def _on_health_change(self, state: str, problems: dict[str, str]) -> None:
-        """Tell the line at once: ``status.<station>.degraded`` (inspection unavailable) / ``.healthy``."""
+        """Tell the line at once through every output (bus: ``status.<station>.degraded`` / ``.healthy``)."""
         self.state = HealthState.DEGRADED if state == "degraded" else HealthState.HEALTHY
         self.metrics.set_health(state)
         log.warning("station health changed", **log_fields(state=state, problems=problems))
         self.notifier.status(self.status_line())
-        if self.bus is not None and self.bus.is_alive():
-            self.bus.send_status(state, {"inspection": "unavailable" if problems else "available",
-                                         "problems": problems})
+        if self.outputs is not None:
+            self.outputs.state_changed(StationState(state, dict(problems)))
+
+    @property
+    def bus(self) -> ZeroMQOutput | None:
+        """The ZeroMQ bus output (bound endpoints, counters), once started."""
+        return self.outputs["zeromq"] if self.outputs is not None else None  # type: ignore[return-value]
 
     def status_line(self) -> str:
         """systemd STATUS=: what ``systemctl status`` shows."""
@@ -287,11 +295,12 @@ class Daemon:
         return PipelineSnapshot(self.progress, len(self.queue), observers_alive and workers_alive,
                                 busy=self.queue.busy() > 0)  # queued, analysing, committing or awaiting retry
 
-    def _register_backend(self, backend: DetectorBackend) -> int:
+    def _register_backend(self, backend: DetectorBackend) -> ModelRef:
         sha, precision = backend_identity(self.cfg, backend)
-        return register_model(self.factory, sha, self.cfg.detector.backend, precision,
-                              str(self.cfg.detector.artifact) if self.cfg.detector.artifact else None,
-                              list(backend.class_names), model_verification(self.cfg.detector))
+        model_id = register_model(self.factory, sha, self.cfg.detector.backend, precision,
+                                  str(self.cfg.detector.artifact) if self.cfg.detector.artifact else None,
+                                  list(backend.class_names), model_verification(self.cfg.detector))
+        return ModelRef(id=model_id, sha256=sha, backend=self.cfg.detector.backend, precision=precision)
 
     def _start_watchers(self) -> None:
         for cam in self.cfg.cameras:
@@ -462,9 +471,9 @@ class Daemon:
             backend = self._supervised_backend(new)
             old, self.backend = self.backend, backend
             self.cfg = new
-            self.model_id = self._register_backend(backend)
+            self.model = self._register_backend(backend)
             assert self.pipeline is not None
-            self.pipeline.backend, self.pipeline.model_id = backend, self.model_id
+            self.pipeline.backend, self.pipeline.model = backend, self.model
             old.close()
         cameras_changed = new.cameras != self.cfg.cameras
         self.cfg = new
@@ -491,9 +500,9 @@ class Daemon:
         self._stop_worker.set()
         for thread in self._threads:
             thread.join(timeout)
-        if self.bus is not None:
-            last = self.bus.published_seq
-            self.bus.stop()
+        if self.outputs is not None:
+            last = self.sequencer.last()
+            self.outputs.stop()
             try:
                 with self.factory.begin() as db:
                     db.execute(update(BusSession).where(BusSession.id == self.sequencer.session_id)
@@ -501,7 +510,7 @@ class Daemon:
             except SQLAlchemyError:
                 log.exception("cannot record session stop")
             log.info("inspection stopped", **log_fields(station=self.cfg.station, session=self.sequencer.session_id,
-                                                        last_seq=last))
+                                                        last_seq=last[0], last_result_seq=last[1]))
         try:
             self.drift.persist(force=True)
         except SQLAlchemyError:
@@ -557,6 +566,8 @@ class Daemon:
             "watchers": {cid: {"alive": w.is_alive(), "handler_errors": w.handler_errors, "restarts": w.restarts}
                          for cid, w in self.watchers.items()},
             "bus_alive": self.bus.is_alive() if self.bus else False,
+            "outputs_alive": self.outputs.is_alive() if self.outputs else {},
+            "output_errors": dict(self.outputs.errors) if self.outputs else {},
             "worker_alive": bool(self._threads) and self._threads[0].is_alive(),
             "last_frame_at": self.last_frame_at.isoformat() if self.last_frame_at else None,
             "counts": dict(self.pipeline.counts) if self.pipeline else {},

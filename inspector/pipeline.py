@@ -1,16 +1,16 @@
 """One frame, start to finish: ingest -> decode -> align -> detect -> DB commit -> publish -> store.
 
-The order is the durability argument: the file leaves the drop folder only after its result (and its alarm, with
-its sequence number) is committed, and the alarm is published only after that commit. A crash anywhere leaves
-the file in the drop folder (reprocessed at start, or recognised as done by its (camera, name, sha256) row), or
-a committed alarm the replay endpoint can serve. Nothing is lost and nothing is counted twice.
+The order is the durability argument: the file leaves the drop folder only after its result (a ``FrameResult``
+with its result sequence number, and its alarm with the alarm sequence number) is committed, and the result goes
+to the outputs only after that commit. A crash anywhere leaves the file in the drop folder (reprocessed at start,
+or recognised as done by its (camera, name, sha256) row), or a committed result the replay endpoint can serve.
+Nothing is lost and nothing is counted twice. Quarantined frames are committed results too (NOT_INSPECTED).
 
 Per-stage timings go to ``stage_hooks`` (stage name, seconds) and each outcome to ``frame_hooks``: the seams the
 service work (Prometheus etc.) plugs into without touching this module.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
@@ -19,25 +19,27 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.align import AlignResult, align_template, alignment_residual
 from inspector.annotate import save_annotated
 from inspector.backends.base import Detection, DetectorBackend
-from inspector.bus import SCHEMA_VERSION, AlarmBus, AlarmSequencer
 from inspector.config import SEVERITY_RANK, CameraConfig, StationConfig
-from inspector.db.models import Alarm, BusSession, DetectionRow, Frame
+from inspector.db.models import DetectionRow, Frame
 from inspector.detector_strikes import DetectorStrikes
 from inspector.ingest import FrameJob, sha256_bytes
 from inspector.logging_json import log_fields
 from inspector.naming import FrameName, FrameNameError, parse_frame_name
 from inspector.resources import ResourceExhausted, describe, is_resource_exhaustion
+from inspector.outputs import FrameResult, OutputDispatcher, Verdict
+from inspector.outputs.result import AlarmRuleRef, DetectionResult, ImageSize, ModelRef, QuarantineInfo, TemplateRef
+from inspector.outputs.session import SessionSequencer, record
 from inspector.storage import dated_dir, move_file, quarantine_file, unique_destination
 from inspector.supervisor import DetectorTimeout, InspectionUnavailable
 from inspector.templates import TemplateStore
@@ -72,6 +74,7 @@ class FrameOutcome:
     template_id: int | None = None
     residual: float | None = None  # alignment residual (inspector.drift), None without a template
     destination: Path | None = None
+    result: FrameResult | None = None  # the committed result (None: duplicate/gone, committed before)
     stage_ms: dict[str, float] = field(default_factory=dict)
     stage_cpu_ms: dict[str, float] = field(default_factory=dict)  # thread CPU time per stage
     t_result: float = 0.0  # perf_counter when detection finished (alarm latency reference)
@@ -95,6 +98,7 @@ class Analysis:
     image: np.ndarray | None = None
     template: np.ndarray | None = None
     template_id: int | None = None
+    template_version: int | None = None
     alignment: AlignResult | None = None
     residual: float | None = None
     detections: list[Detection] = field(default_factory=list)
@@ -183,15 +187,15 @@ def decode_rgb(data: bytes, suffix: str) -> np.ndarray:
 
 class Pipeline:
     def __init__(self, cfg: StationConfig, factory: sessionmaker[Session], camera_ids: dict[str, int],
-                 templates: TemplateStore, backend: DetectorBackend, model_id: int | None,
-                 sequencer: AlarmSequencer, bus: AlarmBus | None = None) -> None:
+                 templates: TemplateStore, backend: DetectorBackend, model: ModelRef | None,
+                 sequencer: SessionSequencer, outputs: OutputDispatcher | None = None) -> None:
         self.factory = factory
         self.camera_ids = camera_ids
         self.templates = templates
         self.backend = backend
-        self.model_id = model_id
+        self.model = model
         self.sequencer = sequencer
-        self.bus = bus
+        self.outputs = outputs or OutputDispatcher()
         self.stage_hooks: list[StageHook] = []
         self.frame_hooks: list[FrameHook] = []
         self.counts: Counter[str] = Counter()
@@ -212,28 +216,47 @@ class Pipeline:
             return db.scalar(select(Frame).where(Frame.camera_id == camera_id, Frame.name == name,
                                                  Frame.sha256 == digest))
 
-    def _select(self, detections: list[Detection]) -> tuple[list[Detection], list[str | None], str | None]:
-        """Drop detections under their class threshold; severity per detection and the frame's worst."""
+    def _select(self, detections: list[Detection]) -> tuple[list[Detection], list[int | None], int | None]:
+        """Drop detections under their class threshold; the alarm rule per detection (index) and the rule that
+        sets the frame's severity (the first rule of the worst severity), or None."""
         kept = [d for d in detections if d.score >= self.cfg.thresholds.for_class(d.label)]
-        sev = [self.cfg.severity_for(d.label, d.score, d.area) for d in kept]
-        ranked = [s for s in sev if s is not None]
-        worst = max(ranked, key=lambda s: SEVERITY_RANK[s]) if ranked else None
-        return kept, sev, worst
+        rules = [self.cfg.alarm_rule_for(d.label, d.score, d.area) for d in kept]
+        matched = [r for r in rules if r is not None]
+        fired = (min(matched, key=lambda r: (-SEVERITY_RANK[self.cfg.alarm_rules[r].severity], r))
+                 if matched else None)
+        return kept, rules, fired
 
-    def _alarm_payload(self, cam: CameraConfig, job: FrameJob, name: FrameName, frame: Frame, seq: int, worst: str,
-                       kept: list[Detection], sev: list[str | None]) -> str:
-        return json.dumps({
-            "schema": SCHEMA_VERSION, "type": "alarm", "station": self.cfg.station,
-            "session": self.sequencer.session_id, "seq": seq, "severity": worst,
-            "camera": cam.id, "position": name.position, "serial": name.serial,
-            "frame": job.path.name, "frame_id": frame.id, "sha256": frame.sha256,
-            "captured_at": name.timestamp.isoformat() if name.timestamp else None,
-            "processed_at": frame.processed_at.isoformat(), "shift": [frame.shift_x, frame.shift_y],
-            "annotated": frame.annotated_path, "stored": frame.stored_path,
-            "detections": [{"class": d.label, "class_id": d.class_id, "score": round(d.score, 4),
-                            "box": [round(v, 1) for v in d.box], "area": round(d.area, 1), "severity": s}
-                           for d, s in zip(kept, sev)],
-        }, separators=(",", ":"))
+    def _result(self, a: Analysis, frame: Frame, verdict: Verdict, kept: Sequence[Detection] = (),
+                rules: Sequence[int | None] = (), fired: int | None = None,
+                quarantine: QuarantineInfo | None = None) -> FrameResult:
+        """The frame's FrameResult with the session's next result seq (and alarm seq when a rule fired)."""
+        alarm_rules = self.cfg.alarm_rules
+        rule = alarm_rules[fired] if fired is not None else None
+        detections = [DetectionResult(class_name=d.label, class_id=d.class_id, score=round(d.score, 4),
+                                      box=tuple(round(v, 1) for v in d.box), area=round(d.area, 1),  # type: ignore[arg-type]
+                                      severity=alarm_rules[r].severity if r is not None else None, rule=r)
+                      for d, r in zip(kept, rules)]
+        image = a.image
+        return FrameResult(
+            station=self.cfg.station, camera=a.cam.id, session=self.sequencer.session_id,
+            seq=self.sequencer.peek_result(), verdict=verdict, frame=a.job.path.name, frame_id=frame.id,
+            position=frame.position, serial=frame.serial, sha256=frame.sha256, captured_at=frame.captured_at,
+            received_at=a.job.received_at, processed_at=frame.processed_at, model=self.model,
+            template=(TemplateRef(id=a.template_id, version=a.template_version)
+                      if a.template_id is not None and a.template_version is not None else None),
+            image=ImageSize(width=image.shape[1], height=image.shape[0]) if image is not None else None,
+            detections=detections, severity=rule.severity if rule else None,
+            rule=(AlarmRuleRef(index=fired, class_name=rule.cls, severity=rule.severity, min_score=rule.min_score,
+                               min_area=rule.min_area) if rule is not None and fired is not None else None),
+            alarm_seq=self.sequencer.peek_alarm() if rule is not None and frame.position is not None else None,
+            quarantine=quarantine, shift=a.alignment.shift if a.alignment is not None else None,
+            stored=frame.stored_path, annotated=frame.annotated_path,
+        ).with_detected_at(a.t_result)
+
+    def _publish(self, result: FrameResult) -> None:
+        """After the commit: advance the session's counters, then hand the result to every output."""
+        self.sequencer.advance(result)
+        self.outputs.publish(result)
 
     # -- the frame ------------------------------------------------------------------------------------------
     def process(self, job: FrameJob) -> FrameOutcome:
@@ -263,7 +286,7 @@ class Pipeline:
             laps.lap("ingest")
             a.image = decode_rgb(data, job.path.suffix.lower())
             laps.lap("decode")
-            a.template_id, a.alignment = self._aligned_template(cam, a.name, a.image)
+            a.template_id, a.template_version, a.alignment = self._aligned_template(cam, a.name, a.image)
             a.template = a.alignment.template if a.alignment is not None else None
             laps.lap("align")
             if getattr(self.backend, "thread_safe", False):
@@ -333,14 +356,14 @@ class Pipeline:
             if self.backend.needs_template:
                 raise Quarantine("no_template", f"no active template for camera '{cam.id}' position "
                                                 f"'{name.position}' and the model needs one")
-            return None, None
+            return None, None, None
         if active.image.shape[:2] != image.shape[:2]:
             # A camera that changed resolution must be noticed, not compared against a stretched reference.
             (h, w), (th, tw) = image.shape[:2], active.image.shape[:2]
             raise Quarantine("wrong_size", f"frame {w}x{h} vs template {tw}x{th} (camera '{cam.id}' position "
                                            f"'{name.position}', template {active.id})")
         a = self.cfg.alignment
-        return active.id, align_template(image, active.image, a.method, a.max_shift, a.downscale)
+        return active.id, active.version, align_template(image, active.image, a.method, a.max_shift, a.downscale)
 
     def _destination(self, root_name: str, cam: CameraConfig, name: str, digest: str, when: datetime) -> Path:
         return unique_destination(dated_dir(self.cfg.dir_for(root_name), cam.id, when), name, digest)  # type: ignore[arg-type]
@@ -350,22 +373,22 @@ class Pipeline:
         assert name is not None
         shift = a.alignment.shift if a.alignment is not None else None
         now = datetime.now(timezone.utc)
-        kept, sev, worst = self._select(a.detections)
+        kept, rules, fired = self._select(a.detections)
         status = "defective" if kept else "ok"
         dest = None
         if not (status == "ok" and self.cfg.retention.delete_ok_frames):
             dest = self._destination("processed", cam, job.path.name, a.digest, now)
-        annotated = None  # path decided now (it goes into the row and the alarm), image written after publish
+        annotated = None  # path decided now (it goes into the row and the result), image written after publish
         if kept and self.cfg.save_annotated:
             annotated = dated_dir(self.cfg.dir_for("annotated"), cam.id, now) / f"{job.path.stem}-{a.digest[:8]}.jpg"
-        seq = payload = alarm = None
         try:
             with self.factory.begin() as db:
                 frame = Frame(camera_id=a.camera_id, name=job.path.name, sha256=a.digest, position=name.position,
                               serial=name.serial, status=status, source_path=str(job.path),
                               stored_path=str(dest) if dest else None,
                               annotated_path=str(annotated) if annotated else None, captured_at=name.timestamp,
-                              processed_at=now, template_id=a.template_id, model_id=self.model_id,
+                              processed_at=now, template_id=a.template_id,
+                              model_id=self.model.id if self.model else None,
                               shift_x=shift[0] if shift else None, shift_y=shift[1] if shift else None,
                               align_response=a.alignment.response if a.alignment is not None else None,
                               align_residual=a.residual, latency_ms=(a.t_result - job.offered_at) * 1000.0,
@@ -374,37 +397,29 @@ class Pipeline:
                 db.flush()
                 db.add_all([DetectionRow(frame_id=frame.id, class_id=d.class_id, class_name=d.label, score=d.score,
                                          x1=d.box[0], y1=d.box[1], x2=d.box[2], y2=d.box[3]) for d in kept])
-                if worst is not None:
-                    seq = self.sequencer.peek()
-                    payload = self._alarm_payload(cam, job, name, frame, seq, worst, kept, sev)
-                    alarm = Alarm(session_id=self.sequencer.session_id, seq=seq, frame_id=frame.id, severity=worst,
-                                  state="raised", payload=payload)
-                    db.add(alarm)
-                    db.execute(update(BusSession).where(BusSession.id == self.sequencer.session_id)
-                               .values(last_seq=seq))
-                    db.flush()
+                result = self._result(a, frame, Verdict.NG if kept else Verdict.OK, kept, rules, fired)
+                record(db, result)
+                db.flush()
         except IntegrityError:
             existing = self._existing(a.camera_id, job.path.name, a.digest)
             if existing is None:
                 raise
             return self._finish_duplicate(job, existing, laps)
-        if seq is not None:
-            self.sequencer.advance(seq)
         laps.lap("db")
-        if alarm is not None and self.bus is not None:
-            self.bus.publish_alarm(worst, payload, seq, alarm.id, a.t_result)  # type: ignore[arg-type]
+        self._publish(result)
         laps.lap("publish")
         if annotated is not None and a.image is not None:
             try:
-                save_annotated(annotated, a.image, kept, sev)
+                save_annotated(annotated, a.image, kept, [d.severity for d in result.detections])
             except OSError:
                 log.exception("cannot write annotated image", **log_fields(path=str(annotated)))
             laps.lap("annotate")
         self._store(job.path, dest)
         laps.lap("move")
-        return FrameOutcome(job, status, frame.id, detections=kept, severity=worst, alarm_seq=seq, shift=shift,
-                            position=name.position, template_id=a.template_id, residual=a.residual,
-                            destination=dest, t_result=a.t_result)
+        return FrameOutcome(job, status, frame.id, detections=kept, severity=result.severity,
+                            alarm_seq=result.alarm_seq, shift=shift, position=name.position,
+                            template_id=a.template_id, residual=a.residual, destination=dest, t_result=a.t_result,
+                            result=result)
 
     def _store(self, src: Path, dest: Path | None) -> None:
         try:
@@ -426,14 +441,21 @@ class Pipeline:
             frame = Frame(camera_id=a.camera_id, name=job.path.name, sha256=digest,
                           position=name.position if name else None, serial=name.serial if name else None,
                           status="quarantined", reason=f"{kind}: {message}", source_path=str(job.path),
-                          stored_path=str(dest), processed_at=now, model_id=self.model_id,
+                          stored_path=str(dest), processed_at=now, model_id=self.model.id if self.model else None,
                           stage_ms={k: round(v, 3) for k, v in laps.ms.items()})
             db.add(frame)
+            db.flush()
+            result = self._result(a, frame, Verdict.NOT_INSPECTED,
+                                  quarantine=QuarantineInfo(reason=kind, message=message))
+            record(db, result)
         laps.lap("db")
+        self._publish(result)
+        laps.lap("publish")
         quarantine_file(job.path, dest, reason)
         laps.lap("move")
         log.warning("frame quarantined", **log_fields(camera=cam.id, frame=job.path.name, kind=kind, reason=message))
-        return FrameOutcome(job, "quarantined", frame.id, reason=message, reason_kind=kind, destination=dest)
+        return FrameOutcome(job, "quarantined", frame.id, reason=message, reason_kind=kind, destination=dest,
+                            result=result)
 
     def _finish_duplicate(self, job: FrameJob, row: Frame, laps: _Laps) -> FrameOutcome:
         """The result is already committed (a restart between commit and move, or the same content dropped

@@ -40,3 +40,40 @@ def fresh_postgres_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def _bus_validators() -> dict[str, object]:
+    """message type -> a JSON Schema validator from the committed files (inspector/outputs/schemas/)."""
+    from datetime import datetime
+
+    from jsonschema import Draft202012Validator, FormatChecker
+
+    from inspector.outputs.schema import load
+
+    formats = FormatChecker()
+
+    @formats.checks("date-time", raises=ValueError)
+    def _zoned_iso8601(value: object) -> bool:  # ISO 8601 *with* a zone, as the schema promises
+        return not isinstance(value, str) or datetime.fromisoformat(value).tzinfo is not None
+
+    by_file = {name: Draft202012Validator(load(name), format_checker=formats) for name in (
+        "frame-result.schema.json", "alarm.schema.json", "status.schema.json", "replay-reply.schema.json")}
+    types = {"result": "frame-result.schema.json", "alarm": "alarm.schema.json", "replay": "replay-reply.schema.json",
+             "error": "replay-reply.schema.json"}
+    return {kind: by_file[types.get(kind, "status.schema.json")]
+            for kind in ("result", "alarm", "replay", "error", "birth", "heartbeat", "healthy", "degraded", "death")}
+
+
+@pytest.fixture(scope="session")
+def validate_bus_message():
+    """``validate(message)``: the message (a parsed bus/replay JSON object) against its committed JSON Schema;
+    raises jsonschema.ValidationError. Returns the message."""
+    validators = _bus_validators()
+
+    def validate(message: dict) -> dict:
+        validator = validators.get(message.get("type"))  # type: ignore[arg-type]
+        assert validator is not None, f"message of unknown type: {message}"
+        validator.validate(message)  # type: ignore[attr-defined]
+        return message
+
+    return validate

@@ -2,7 +2,8 @@
 exactly this; ``tests/inspector/test_db.py`` checks the two never drift apart.
 
 Idempotency lives in the schema: a frame is unique on (camera, name, sha256), so whatever restarts happen one
-frame gives one result row. Alarms are unique on (session, seq): the gap-free sequence the bus promises.
+frame gives one result row. Results and alarms are unique on (session, seq): the gap-free sequences the bus
+promises.
 """
 from __future__ import annotations
 
@@ -137,14 +138,15 @@ class DetectionRow(Base):
 
 
 class BusSession(Base):
-    """One run of the daemon's alarm bus; its alarms carry a gap-free sequence 1, 2, 3, ..."""
+    """One run of the daemon; its results and its alarms each carry a gap-free sequence 1, 2, 3, ..."""
 
     __tablename__ = "bus_sessions"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)  # last alarm seq
+    last_result_seq: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Alarm(Base):
@@ -212,3 +214,19 @@ class FrameReview(Base):
     events: Mapped[int] = mapped_column(Integer, default=0)
     last_reviewer: Mapped[str] = mapped_column(String(128))
     reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ResultRow(Base):
+    """One committed frame result: ``payload`` is the exact ``result.<station>.<camera>`` message (a
+    :class:`inspector.outputs.result.FrameResult` as JSON), so every output and every replay say the same."""
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_results_session_seq"),
+                      Index("ix_results_frame", "frame_id"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("bus_sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
+    verdict: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

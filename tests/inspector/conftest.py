@@ -187,15 +187,29 @@ def start_daemon(frames: Frames):
 
 
 class TailThread:
-    """An AlarmTail polled on a background thread; alarms collected in order."""
+    """An AlarmTail (alarms and results) polled on a background thread; messages collected in order, each one
+    validated against its committed JSON Schema as it arrives (live or replayed)."""
 
-    def __init__(self, daemon: Daemon, after: int | None = 0, session: str | None = None) -> None:
+    def __init__(self, daemon: Daemon, after: int | None = 0, session: str | None = None,
+                 validate: Callable[[dict], dict] = lambda m: m) -> None:
         assert daemon.bus is not None
         self.alarms: list[dict] = []
+        self.results: list[dict] = []
         self.statuses: list[dict] = []
+        self.invalid: list[tuple[dict, Exception]] = []
+
+        def collect(into: list[dict]) -> Callable[[dict], None]:
+            def take(message: dict) -> None:
+                try:
+                    validate(message)
+                except Exception as exc:  # noqa: BLE001 - reported by the test, not lost on this thread
+                    self.invalid.append((message, exc))
+                into.append(message)
+            return take
+
         self.tail = AlarmTail(daemon.bus.bound_publish, daemon.bus.bound_replay, daemon.cfg.station,
-                              on_alarm=self.alarms.append, on_status=self.statuses.append, after=after,
-                              session=session)
+                              on_alarm=collect(self.alarms), on_status=collect(self.statuses), after=after,
+                              session=session, on_result=collect(self.results))
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self.tail.run, kwargs={"should_stop": self._stop.is_set}, daemon=True)
         self.thread.start()
@@ -203,18 +217,22 @@ class TailThread:
     def seqs(self) -> list[int]:
         return [a["seq"] for a in self.alarms]
 
+    def result_seqs(self) -> list[int]:
+        return [r["seq"] for r in self.results]
+
     def close(self) -> None:
         self._stop.set()
         self.thread.join(5)
         self.tail.close()
+        assert not self.invalid, f"bus messages that do not match their schema: {self.invalid[:3]}"
 
 
 @pytest.fixture
-def tails():
+def tails(validate_bus_message):
     made: list[TailThread] = []
 
     def make(daemon: Daemon, after: int | None = 0, session: str | None = None) -> TailThread:
-        t = TailThread(daemon, after, session)
+        t = TailThread(daemon, after, session, validate_bus_message)
         made.append(t)
         return t
 

@@ -71,6 +71,19 @@ def test_alarm_rules_pick_the_highest_severity(make_config):
     assert cfg.severity_for("defect", 0.3, 400) is None
 
 
+def test_the_rule_that_fired_is_the_first_of_the_highest_severity(make_config):
+    """The result message names the rule (index into alarm_rules) that set the frame's severity."""
+    cfg = make_config(alarm_rules=[{"class": "*", "severity": "info"},
+                                   {"class": "short", "severity": "warning", "min_score": 0.6},
+                                   {"class": "*", "severity": "warning", "min_area": 50},
+                                   {"class": "short", "severity": "critical", "min_area": 500}])
+    assert cfg.alarm_rule_for("short", 0.9, 100) == 1  # warning by rules 1 and 2: the first one
+    assert cfg.alarm_rule_for("open", 0.9, 100) == 2
+    assert cfg.alarm_rule_for("short", 0.5, 10) == 0
+    assert cfg.alarm_rule_for("short", 0.9, 600) == 3
+    assert make_config(alarm_rules=[]).alarm_rule_for("short", 0.9, 600) is None
+
+
 def test_check_config_cli_exit_codes(tmp_path, capsys):
     good = write(tmp_path, "station: s\ncameras: [{id: c, drop_folder: d}]\n")
     assert main(["check-config", str(good)]) == 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from inspector.db import Alarm, DetectionRow, Frame
+from inspector.db import Alarm, DetectionRow, Frame, ResultRow
+from inspector.outputs import OutputDispatcher
 
 
 def frame_rows(daemon) -> list[Frame]:
@@ -53,17 +54,47 @@ def test_frames_flow_to_db_bus_and_processed(make_config, start_daemon, frames, 
     assert tail.seqs() == [1, 2, 3]
     assert {a["frame"] for a in tail.alarms} == {"P01_a2.jpg", "P00_a3.jpg", "P00_a5.jpg"}
     first = tail.alarms[0]
-    assert first["schema"] == 1 and first["station"] == "teststation" and first["camera"] == "cam1"
+    assert first["schema"] == 2 and first["station"] == "teststation" and first["camera"] == "cam1"
     assert first["session"] == daemon.sequencer.session_id and first["detections"]
+
+    # Every frame has a result, in commit order, each linked to its alarm (if any) and its database rows.
+    wait(lambda: len(tail.results) == 5)
+    results = {r["frame"]: r for r in tail.results}
+    assert tail.result_seqs() == [1, 2, 3, 4, 5]
+    assert [r["frame"] for r in tail.results] == [name for name, *_ in plan]  # one camera: commit order = drop order
+    alarms = {a["frame"]: a for a in tail.alarms}
+    for name, _, defective, _ in plan:
+        r, row = results[name], rows[name]
+        assert r["verdict"] == ("NG" if defective else "OK") and r["frame_id"] == row.id and r["sha256"] == row.sha256
+        assert (r["position"], r["serial"]) == (name[:3], name[4:6]) and r["quarantine"] is None
+        assert r["image"] == {"width": 128, "height": 128} and r["box_format"] == "xyxy-pixels"
+        assert r["template"]["id"] == row.template_id and r["template"]["version"] == 1
+        assert r["model"]["id"] == row.model_id and r["model"]["backend"] == "difference"
+        assert r["captured_at"] is None and r["processed_at"].endswith("+00:00") and r["received_at"].endswith("+00:00")
+        assert [d["box"] for d in r["detections"]] == [[round(v, 1) for v in (d.x1, d.y1, d.x2, d.y2)]
+                                                       for d in row.detections]
+        if defective:
+            alarm = alarms[name]
+            assert (r["alarm_seq"], alarm["result_seq"]) == (alarm["seq"], r["seq"])
+            assert r["severity"] == alarm["severity"] and r["rule"]["severity"] == alarm["severity"]
+            assert r["rule"] == cfg.alarm_rules[r["rule"]["index"]].model_dump(by_alias=True) | {"index": r["rule"]["index"]}
+        else:
+            assert r["alarm_seq"] is None and r["rule"] is None and r["detections"] == []
+    with daemon.factory() as db:
+        stored = db.execute(select(ResultRow.seq, ResultRow.verdict, ResultRow.payload).order_by(ResultRow.seq)).all()
+    assert [(seq, verdict, json.loads(payload)) for seq, verdict, payload in stored] == [
+        (r["seq"], r["verdict"], r) for r in tail.results]  # the database holds exactly what was published
     with daemon.factory() as db:
         wait(lambda: db.scalar(select(func.count()).select_from(Alarm).where(Alarm.state == "published")) == 3)
         assert db.scalar(select(func.count()).select_from(DetectionRow)) == sum(len(r.detections) for r in rows.values()) >= 3
     assert daemon.bus.publish_latency_ms and max(daemon.bus.publish_latency_ms) < 1000
 
 
-def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_daemon, frames, wait):
+def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_daemon, frames, tails, wait):
     cfg = make_config()
     daemon = start_daemon(cfg)
+    tail = tails(daemon, after=0)
+    wait(lambda: any(m["type"] == "heartbeat" for m in tail.statuses))  # subscribed: what follows arrives live
     drop = cfg.cameras[0].drop_folder
     good, _ = frames.jpeg(0, False)
     (drop / "P00_corrupt.jpg").write_bytes(os.urandom(2000))
@@ -92,6 +123,20 @@ def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_da
     assert sorted(p.name for p in drop.iterdir()) == ["P00_x.jpg.part", "notes.txt"]
     assert daemon.pipeline.counts["quarantined_no_template"] == 1
     assert daemon.health()["counts"]["quarantined"] == 5
+    # Quarantined frames are committed results too: the PLC hears NOT_INSPECTED with the reason, not silence.
+    wait(lambda: len(tail.results) == 7)
+    results = {r["frame"]: r for r in tail.results}
+    assert sorted(r["seq"] for r in tail.results) == list(range(1, 8))
+    for name, kind in expected.items():
+        r = results[name]
+        assert r["verdict"] == "NOT_INSPECTED" and r["quarantine"]["reason"] == kind, r
+        assert r["quarantine"]["message"] and r["frame_id"] == rows[name].id and r["alarm_seq"] is None
+        assert r["stored"] == rows[name].stored_path
+    assert results["no pattern here.jpg"]["position"] is None and results["P07_unknown.jpg"]["position"] == "P07"
+    assert results["P07_unknown.jpg"]["image"] == {"width": 128, "height": 128}  # decoded before the template miss
+    assert results["P00_empty.jpg"]["image"] is None
+    assert [results[n]["verdict"] for n in ("P00_good1.jpg", "P01_good2.jpg")] == ["OK", "OK"]
+    assert tail.alarms == [] and tail.tail.state.streams["result"].replayed == 0  # published live, not recovered
 
 
 def test_restart_processes_frames_that_arrived_while_down(make_config, start_daemon, frames, tails, wait):
@@ -204,18 +249,24 @@ def test_subscriber_recovers_an_unpublished_alarm_across_a_restart(make_config, 
     drop = cfg.cameras[0].drop_folder
     frames.drop(drop, "P00_c1.jpg", 0, defective=True)
     wait(lambda: tail.seqs() == [1])
-    first.pipeline.bus = None  # the next alarm is committed but "the process dies" before publishing it
+    wait(lambda: tail.result_seqs() == [1])
+    first.pipeline.outputs = OutputDispatcher()  # the next frames commit but "the process dies" before publishing
     frames.drop(drop, "P00_c2.jpg", 0, defective=True)
-    wait(lambda: first.sequencer.last_seq == 2 and first.wait_idle(0.1))
+    frames.drop(drop, "P00_c2ok.jpg", 0)
+    wait(lambda: first.sequencer.last() == (2, 3) and first.wait_idle(0.1))
     old_session = first.sequencer.session_id
     first.stop()
 
     second = start_daemon(cfg, templates=False)
     frames.drop(drop, "P01_c3.jpg", 1, defective=True)
-    wait(lambda: len(tail.alarms) == 3)
-    assert [(a["session"], a["seq"]) for a in tail.alarms] == [
-        (old_session, 1), (old_session, 2), (second.sequencer.session_id, 1)]
+    wait(lambda: len(tail.alarms) == 3 and len(tail.results) == 4)
+    new_session = second.sequencer.session_id
+    assert [(a["session"], a["seq"]) for a in tail.alarms] == [(old_session, 1), (old_session, 2), (new_session, 1)]
     assert [a["frame"] for a in tail.alarms] == ["P00_c1.jpg", "P00_c2.jpg", "P01_c3.jpg"]
+    assert [(r["session"], r["seq"], r["frame"]) for r in tail.results] == [
+        (old_session, 1, "P00_c1.jpg"), (old_session, 2, "P00_c2.jpg"), (old_session, 3, "P00_c2ok.jpg"),
+        (new_session, 1, "P01_c3.jpg")]
+    assert tail.tail.state.streams["result"].replayed >= 2 and tail.tail.state.replayed >= 1  # (+1 if joined late)
 
 
 def test_detect_cpu_includes_the_supervisor_workers_inference(make_config, start_daemon, frames, wait):

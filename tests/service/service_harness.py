@@ -241,9 +241,18 @@ class StationHarness:
         root = self.state / "quarantine"
         return {p.name[: -len(".reason.json")]: json.loads(p.read_text()) for p in root.rglob("*.reason.json")}
 
-    def replay(self, session: str, after: int = 0, ctx: zmq.Context | None = None,
-               setup: Callable[[zmq.Socket], None] | None = None, timeout_ms: int = 5000) -> tuple[dict, list[dict]]:
-        """Ask the replay endpoint for ``session``'s alarms after ``after`` (DEALER, as a PLC gateway would)."""
+    def results(self) -> list[dict[str, object]]:
+        from inspector.db.models import ResultRow
+
+        with self.factory() as db:
+            rows = db.scalars(select(ResultRow).order_by(ResultRow.id)).all()
+            return [{"session": r.session_id, "seq": r.seq, "frame_id": r.frame_id, "verdict": r.verdict,
+                     "payload": r.payload} for r in rows]
+
+    def replay_page(self, session: str | None, after: int = 0, stream: str = "alarm", ctx: zmq.Context | None = None,
+                    setup: Callable[[zmq.Socket], None] | None = None, timeout_ms: int = 5000,
+                    **request: object) -> tuple[dict, list[dict]]:
+        """One page of ``session``'s ``stream`` after ``after`` (DEALER, as a PLC gateway would)."""
         ctx = ctx or zmq.Context.instance()
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
@@ -251,7 +260,8 @@ class StationHarness:
             setup(sock)
         sock.connect(self.replay_endpoint)
         try:
-            sock.send_multipart([b"", json.dumps({"session": session, "after": after}).encode()])
+            body = {"session": session, "after": after, "stream": stream, **request}
+            sock.send_multipart([b"", json.dumps(body).encode()])
             if not sock.poll(timeout_ms):
                 raise AssertionError("replay endpoint did not answer")
             frames = sock.recv_multipart()
@@ -259,6 +269,20 @@ class StationHarness:
             sock.close()
         frames = [f for f in frames if f]
         return json.loads(frames[0]), [json.loads(f) for f in frames[1:]]
+
+    def replay(self, session: str | None, after: int = 0, stream: str = "alarm", ctx: zmq.Context | None = None,
+               setup: Callable[[zmq.Socket], None] | None = None, timeout_ms: int = 5000) -> tuple[dict, list[dict]]:
+        """Every message of ``session``'s ``stream`` after ``after``, following the pages; the last page's header
+        with ``pages`` (how many) added."""
+        messages: list[dict] = []
+        pages = 0
+        while True:
+            header, page = self.replay_page(session, after, stream, ctx, setup, timeout_ms)
+            pages += 1
+            messages.extend(page)
+            if header.get("type") != "replay" or not header["more"]:
+                return {**header, "pages": pages}, messages
+            after = header["next_after"]
 
 
 class BusListener:
@@ -269,6 +293,7 @@ class BusListener:
         import threading
 
         self.messages: list[tuple[str, dict[str, object]]] = []
+        self.times: list[float] = []  # time.monotonic() when each message arrived
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.linger = 0
@@ -285,10 +310,25 @@ class BusListener:
         while not self._stop.is_set():
             if self._sock.poll(50):
                 topic, body = self._sock.recv_multipart()
+                self.times.append(time.monotonic())
                 self.messages.append((topic.decode(), json.loads(body)))
 
     def of_type(self, prefix: str) -> list[dict[str, object]]:
         return [m for t, m in list(self.messages) if t.startswith(prefix)]
+
+    def of_type_after(self, first: str, then: str) -> list[dict[str, object]]:
+        """Messages of topic prefix ``then`` that arrived after the first one of ``first`` (e.g. healthy after
+        degraded: a subscriber's welcome also says healthy, so "any healthy" proves no recovery)."""
+        out, seen = [], False
+        for topic, message in list(self.messages):
+            if seen and topic.startswith(then):
+                out.append(message)
+            seen = seen or topic.startswith(first)
+        return out
+
+    def arrivals(self, prefix: str) -> list[float]:
+        """Arrival times (monotonic) of the messages whose topic starts with ``prefix``."""
+        return [at for at, (t, _) in zip(list(self.times), list(self.messages)) if t.startswith(prefix)]
 
     def close(self) -> None:
         self._stop.set()

@@ -1,6 +1,7 @@
 """Crash safety: kill -9 the daemon at random points during a burst of frames, restart, repeat. Every frame ends
 up processed exactly once (one row, no duplicate, its file moved out of the drop folder with the right content),
-and every session's alarm sequence is gap-free and fully served by the replay endpoint."""
+and one result, and every session's alarm and result sequences are gap-free and fully served by the replay
+endpoint."""
 from __future__ import annotations
 
 import hashlib
@@ -82,12 +83,23 @@ def test_kill9_during_bursts_loses_nothing_and_duplicates_nothing(station, datab
     for session, seqs in by_session.items():
         assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"gap in session {session}: {sorted(seqs)}"
 
+    # Every frame has exactly one committed result (quarantined ones too), each session's results gap-free.
+    results = st.results()
+    result_frames = Counter(r["frame_id"] for r in results)
+    assert set(result_frames) == {r["id"] for r in rows} and max(result_frames.values()) == 1, "one result per frame"
+    results_by_session: dict[str, list[int]] = {}
+    for r in results:
+        results_by_session.setdefault(str(r["session"]), []).append(int(r["seq"]))
+    for session, seqs in results_by_session.items():
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), f"result gap in session {session}: {sorted(seqs)}"
+
     # Replay (from a fresh daemon run, as a restarted PLC gateway would) serves every session completely.
     st.start()
     try:
-        for session, seqs in by_session.items():
-            header, payloads = st.replay(session, after=0)
-            assert header["count"] == len(seqs) and [p["seq"] for p in payloads] == sorted(seqs)
-            assert all(p["session"] == session for p in payloads)
+        for stream, sessions in (("alarm", by_session), ("result", results_by_session)):
+            for session, seqs in sessions.items():
+                header, payloads = st.replay(session, after=0, stream=stream)
+                assert [p["seq"] for p in payloads] == sorted(seqs) and header["last_seq"] == len(seqs), stream
+                assert all(p["session"] == session and p["type"] == stream for p in payloads)
     finally:
         assert st.stop() == 0

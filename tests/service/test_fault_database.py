@@ -99,7 +99,8 @@ def test_sqlite_locked_by_another_writer(station, bus_listener) -> None:
     wait_until(lambda: len(st.frames()) == 15 and not st.drop_files(), 40, what="all frames after the lock")
     reader.stop.set()
     reader.join(5)
-    wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="a healthy message after recovery")
+    wait_until(lambda: bus.of_type_after("status.s1.degraded", "status.s1.healthy"), 10,
+               what="a healthy message after recovery")
     assert st.stop() == 0
     _assert_exactly_once_and_gap_free(st, first | locked | more)
     assert reader.errors == [] and reader.counts == sorted(reader.counts) and len(reader.counts) >= 2
@@ -168,7 +169,8 @@ def test_postgres_stopped_then_back(station, bus_listener, private_postgres) -> 
     assert st.proc is not None and st.proc.poll() is None
     ctl("start")
     wait_until(lambda: len(st.frames()) == 13 and not st.drop_files(), 40, what="all frames after the restart")
-    wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="a healthy message after recovery")
+    wait_until(lambda: bus.of_type_after("status.s1.degraded", "status.s1.healthy"), 10,
+               what="a healthy message after recovery")
     assert st.stop() == 0
     _assert_exactly_once_and_gap_free(st, first | down)
 

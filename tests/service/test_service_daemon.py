@@ -121,7 +121,8 @@ def test_hanging_detector_degrades_withholds_watchdog_and_recovers(station, bus_
         wait_until(lambda: {r["name"] for r in st.frames()} == names and not st.drop_files(), 30,
                    what="the waiting frames to be inspected after recovery")
         assert all(r["status"] in ("ok", "defective") for r in st.frames())
-        wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="'healthy' on the bus")
+        wait_until(lambda: bus.of_type_after("status.s1.degraded", "status.s1.healthy"), 10,
+                   what="'healthy' on the bus")
         wait_until(lambda: rx.with_key("WATCHDOG", since=t_open), 10, what="WATCHDOG=1 to resume")
         assert "restarting detector backend" in st.log_text()
         assert st.stop() == 0
@@ -148,5 +149,6 @@ def test_frame_that_always_hangs_the_detector_is_quarantined(station, bus_listen
     assert rows["P1_poison.png"]["status"] == "quarantined"
     assert str(rows["P1_poison.png"]["reason"]).startswith("detector_timeout")
     assert all(rows[n]["status"] == "ok" for n in good)
-    wait_until(lambda: bus.of_type("status.s1.healthy"), 10, what="'healthy' after the poison frame is gone")
+    wait_until(lambda: bus.of_type_after("status.s1.degraded", "status.s1.healthy"), 10,
+               what="'healthy' after the poison frame is gone")
     assert st.stop() == 0

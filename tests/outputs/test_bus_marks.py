@@ -1,15 +1,18 @@
-"""The alarm bus never writes to the database on its own thread: a locked database cannot stall heartbeats."""
+"""The ZeroMQ output never writes to the database on its own thread: a locked database cannot stall heartbeats."""
 from __future__ import annotations
 
 import contextlib
 import json
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Iterator
 
 import zmq
 
-from inspector.bus import AlarmBus
+from inspector.outputs.base import OutputContext, SessionInfo
+from inspector.outputs.result import Verdict
+from inspector.outputs.zeromq import ZeroMQOutput
 
 
 class _LockedDatabase:
@@ -31,6 +34,12 @@ class _LockedDatabase:
         self.statements.append(statement)
 
 
+def _start_bus(db: object, heartbeat_s: float) -> ZeroMQOutput:
+    bus = ZeroMQOutput("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", heartbeat_s=heartbeat_s)
+    bus.start(OutputContext("st", SessionInfo("session-1", datetime.now(timezone.utc)), db))  # type: ignore[arg-type]
+    return bus
+
+
 def _heartbeats(sub: zmq.Socket, seconds: float) -> int:
     count, end = 0, time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
@@ -40,17 +49,16 @@ def _heartbeats(sub: zmq.Socket, seconds: float) -> int:
     return count
 
 
-def test_heartbeats_keep_their_cadence_while_the_published_mark_waits_for_the_database() -> None:
+def test_heartbeats_keep_their_cadence_while_the_published_mark_waits_for_the_database(make_result) -> None:
     db = _LockedDatabase()
-    bus = AlarmBus("st", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", db, "session-1", heartbeat_s=0.1)  # type: ignore[arg-type]
-    bus.start()
+    bus = _start_bus(db, heartbeat_s=0.1)
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     try:
         sub.setsockopt(zmq.SUBSCRIBE, b"status.st.heartbeat")
         sub.connect(bus.bound_publish)
         assert _heartbeats(sub, 1.0) >= 1  # connected (slow joiner)
-        bus.publish_alarm("warning", "{}", 1, 42, time.perf_counter())
+        bus.publish(make_result(1, Verdict.NG, alarm_seq=42))
         assert db.entered.wait(3), "published alarm was never marked"
         # The mark is now stuck on the locked database: heartbeats (every 0.1 s) must go on regardless.
         _heartbeats(sub, 0.05)  # drop the ones sent before the database blocked
@@ -83,12 +91,11 @@ class _FlakyDatabase(_LockedDatabase):
         super().execute(statement)
 
 
-def test_a_failed_mark_is_retried_with_the_next_batch() -> None:
+def test_a_failed_mark_is_retried_with_the_next_batch(make_result) -> None:
     db = _FlakyDatabase()
-    bus = AlarmBus("st", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", db, "session-1", heartbeat_s=5.0)  # type: ignore[arg-type]
-    bus.start()
+    bus = _start_bus(db, heartbeat_s=5.0)
     try:
-        bus.publish_alarm("warning", "{}", 1, 7, time.perf_counter())
+        bus.publish(make_result(1, Verdict.NG, alarm_seq=7))
         deadline = time.monotonic() + 5
         while not db.statements and time.monotonic() < deadline:
             time.sleep(0.02)
