@@ -43,7 +43,7 @@ from inspector.db.models import Alarm
 from inspector.outputs.base import OutputContext, StationState
 from inspector.outputs.result import SCHEMA_VERSION, FrameResult, UtcTime
 from inspector.outputs.zeromq_replay import ReplayLimits, ReplayServer
-from inspector.security import CurveServer, CurveSettings
+from inspector.security import ConnectionGuard, ConnectionLimits, CurveServer, CurveSettings, harden_socket
 
 if TYPE_CHECKING:
     from inspector.config import BusConfig
@@ -116,11 +116,14 @@ class ZeroMQOutput:
     name = "zeromq"
 
     def __init__(self, publish_endpoint: str, replay_endpoint: str, heartbeat_s: float = 1.0,
-                 curve: CurveSettings | None = None, replay_limits: ReplayLimits | None = None) -> None:
+                 curve: CurveSettings | None = None, replay_limits: ReplayLimits | None = None,
+                 connections: ConnectionLimits | None = None) -> None:
         self.publish_endpoint = publish_endpoint
         self.replay_endpoint = replay_endpoint
         self.heartbeat_s = heartbeat_s
         self.replay_limits = replay_limits or ReplayLimits()
+        self.connections = connections or ConnectionLimits()
+        self.guards: list[ConnectionGuard] = []  # one per bound socket: connection caps (inspector.security)
         self.context = zmq.Context()
         # CURVE (optional): key files are read here, so a bad path fails the start, not the bus thread.
         self.curve = CurveServer(self.context, curve or CurveSettings())
@@ -144,7 +147,7 @@ class ZeroMQOutput:
 
     @classmethod
     def from_config(cls, bus: "BusConfig") -> "ZeroMQOutput":
-        return cls(bus.publish, bus.replay, bus.heartbeat_s, bus.curve, bus.replay_limits)
+        return cls(bus.publish, bus.replay, bus.heartbeat_s, bus.curve, bus.replay_limits, bus.connections)
 
     @property
     def station(self) -> str:
@@ -157,26 +160,38 @@ class ZeroMQOutput:
         return self._ctx.session.id
 
     # -- sockets -------------------------------------------------------------------------------------------
-    def _socket(self, kind: int, max_message_bytes: int) -> zmq.Socket:
-        """Every socket the bus binds is made here: CURVE, the receive size limit, linger."""
+    def _socket(self, kind: int, max_message_bytes: int, name: str) -> zmq.Socket:
+        """Every socket the bus binds is made here: CURVE, the receive size limit, linger, the handshake deadline
+        and keepalives, and a connection guard (per-socket and per-peer caps)."""
         sock = self.context.socket(kind)
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         sock.setsockopt(zmq.LINGER, 0)
+        harden_socket(sock, self.connections)
         self.curve.secure(sock)
+        self.guards.append(ConnectionGuard(sock, self.connections, name))
         return sock
 
+    def _bind_guarded(self, sock: zmq.Socket, endpoint: str) -> None:
+        sock.bind(endpoint)
+        self.guards[-1].bound(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def _stop_guards(self) -> None:
+        for guard in self.guards:
+            guard.stop()
+        self.guards = []
+
     def _bind(self) -> tuple[zmq.Socket, zmq.Socket]:
-        pub = self._socket(zmq.XPUB, PUB_MAX_SUBSCRIPTION_BYTES)
+        pub = self._socket(zmq.XPUB, PUB_MAX_SUBSCRIPTION_BYTES, "publish")
         pub.setsockopt(zmq.SNDHWM, PUB_SNDHWM)
         pub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription, not only the first per topic: every welcome
-        pub.bind(self.publish_endpoint)
+        self._bind_guarded(pub, self.publish_endpoint)
         try:
             limits = self.replay_limits
-            router = self._socket(zmq.ROUTER, limits.max_request_bytes)
+            router = self._socket(zmq.ROUTER, limits.max_request_bytes, "replay")
             router.setsockopt(zmq.SNDHWM, limits.send_hwm)
             router.setsockopt(zmq.RCVHWM, 16)
             router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full peer pipe raises EAGAIN (we drop) instead of blocking
-            router.bind(self.replay_endpoint)
+            self._bind_guarded(router, self.replay_endpoint)
         except zmq.ZMQError:
             pub.close(linger=0)
             raise
@@ -191,6 +206,7 @@ class ZeroMQOutput:
             pub, router = self._bind()
         except zmq.ZMQError as exc:
             self.curve.stop()
+            self._stop_guards()
             self.context.destroy(linger=0)
             raise RuntimeError(f"alarm bus cannot bind {self.publish_endpoint} / {self.replay_endpoint}: {exc}") from exc
         self.bound_publish = pub.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -227,6 +243,7 @@ class ZeroMQOutput:
         if pub is not None:
             pub.close(linger=1000)  # death and the last messages still go out
         self.curve.stop()
+        self._stop_guards()
         self.context.term()
 
     def is_alive(self) -> bool:
