@@ -261,6 +261,44 @@ def cmd_alarms_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_opcua_hash_password(args: argparse.Namespace) -> int:
+    """Print the hash to put under ``opcua.users.<name>`` (the password itself is never stored)."""
+    import getpass
+
+    from inspector.outputs.opcua_security import hash_password
+
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("OPC UA password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return 2
+    if len(password) < 8:
+        print("error: use at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
+def cmd_opcua_certificate(args: argparse.Namespace) -> int:
+    """The server certificate (made now if missing) and the client certificates trusted / rejected so far."""
+    from inspector.outputs.opcua_security import certificates_in, common_name, station_server_certificate, thumbprint
+
+    cfg = _load(args.config)
+    own = station_server_certificate(cfg)
+    print(f"server certificate: {own.certificate}{' (new)' if own.created else ''}\n"
+          f"  thumbprint (SHA-1): {own.thumbprint}\n  valid until: {own.not_after:%Y-%m-%d}\n"
+          f"  endpoint: {cfg.opcua.endpoint} ({', '.join(cfg.opcua.security_policies)}; SignAndEncrypt)")
+    for kind in ("trusted", "rejected"):
+        folder = cfg.opcua_pki_dir / kind / "certs"
+        rows = certificates_in(folder)
+        print(f"{kind} client certificates ({folder}): {len(rows) or 'none'}")
+        for path, cert in rows:
+            print(f"  {thumbprint(cert)}  {common_name(cert)}  until {cert.not_valid_after_utc:%Y-%m-%d}  {path.name}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo.runner import run_demo
 
@@ -344,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--server-key", type=Path, help="CURVE: the daemon's public key file (NAME.key)")
     a.add_argument("--client-key", type=Path, help="CURVE: this client's secret key file (NAME.key_secret)")
     a.set_defaults(func=cmd_alarms_tail)
+
+    p = sub.add_parser("opcua", help="OPC UA server tools (users, certificates)")
+    osub = p.add_subparsers(dest="opcua_command", required=True)
+    o = osub.add_parser("hash-password", help="hash a password for opcua.users in the station config")
+    o.add_argument("--stdin", action="store_true", help="read the password from standard input")
+    o.set_defaults(func=cmd_opcua_hash_password)
+    o = osub.add_parser("certificate", help="show (and make, on first use) the server certificate and trust list")
+    o.add_argument("--config", required=True)
+    o.set_defaults(func=cmd_opcua_certificate)
 
     p = sub.add_parser("demo", help="a demo station on synthetic frames, with a live alarm tail")
     p.add_argument("--state", default="demo_state", help="state directory (default ./demo_state)")

@@ -6,10 +6,12 @@ Relative paths are resolved against the directory of the YAML file so a config c
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -73,6 +75,64 @@ class BusConfig(_Strict):
             warnings.append("bus.curve: encryption only (no authorized_clients_dir): any client holding the "
                             "server's public key is served; list the allowed client keys in authorized_clients_dir")
         return [w for w in warnings if w]
+
+
+OpcUaPolicy = Literal["Aes256_Sha256_RsaPss", "Aes128_Sha256_RsaOaep", "Basic256Sha256"]
+# What ``inspector opcua hash-password`` writes (inspector.outputs.opcua_security): scrypt$N$r$p$salt$key, base64.
+PASSWORD_HASH_RE = re.compile(r"^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/]+=*)\$([A-Za-z0-9+/]+=*)$")
+
+
+class OpcUaConfig(_Strict):
+    """OPC UA server for the line's PLCs (an OPC 40100 Machine Vision subset, docs/operations.md). Off unless
+    ``enabled``; every endpoint is SignAndEncrypt with the listed policies; a client needs a trusted application
+    certificate (``<pki_dir>/trusted/certs``) and a user: name + password hash, or an X.509 user certificate."""
+
+    enabled: bool = False
+    endpoint: str = "opc.tcp://127.0.0.1:4840/rddn-inspector"  # loopback unless you mean the network
+    security_policies: list[OpcUaPolicy] = Field(
+        default_factory=lambda: ["Aes256_Sha256_RsaPss", "Aes128_Sha256_RsaOaep", "Basic256Sha256"], min_length=1)
+    users: dict[str, str] = {}  # user name -> password hash (inspector opcua hash-password)
+    certificate_users: dict[str, Path] = {}  # user name -> that user's X.509 certificate (PEM or DER)
+    allow_anonymous: bool = False
+    trust_all_clients: bool = False  # accept any client application certificate (users still authenticate)
+    pki_dir: Path | None = None  # default <state_dir>/opcua/pki: own/ (server key, 0600), trusted/, rejected/
+    max_sessions: int = Field(16, ge=1, le=256)
+    result_queue: int = Field(1000, ge=1, le=100_000)  # results waiting for the server thread; oldest dropped
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "opc.tcp" or not parts.hostname or parts.port is None:
+            raise ValueError(f"endpoint must look like opc.tcp://HOST:PORT/PATH, got {value!r}")
+        return value
+
+    @field_validator("users")
+    @classmethod
+    def _password_hashes(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = sorted(name for name, digest in value.items() if not PASSWORD_HASH_RE.match(digest))
+        if bad:
+            raise ValueError(f"users {bad}: not a password hash; store the output of `inspector opcua "
+                             "hash-password`, never the password itself")
+        return value
+
+    @model_validator(mode="after")
+    def _someone_can_log_in(self) -> "OpcUaConfig":
+        if self.enabled and not (self.users or self.certificate_users or self.allow_anonymous):
+            raise ValueError("opcua is enabled but nobody can log in: add users or certificate_users "
+                             "(or allow_anonymous: true)")
+        if self.allow_anonymous and self.trust_all_clients and not self.loopback:
+            raise ValueError("allow_anonymous with trust_all_clients on a non-loopback endpoint would let anyone "
+                             "on the network read results; keep one of them off")
+        return self
+
+    @property
+    def loopback(self) -> bool:
+        host = urlsplit(self.endpoint).hostname or ""
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
 
 
 class DetectorConfig(_Strict):
@@ -198,6 +258,7 @@ class StationConfig(_Strict):
     state_dir: Path = Path("state")
     database_url: str | None = None  # default sqlite:///<state_dir>/inspector.db
     bus: BusConfig = BusConfig()
+    opcua: OpcUaConfig = OpcUaConfig()  # OPC UA Machine Vision server for PLCs (off by default)
     detector: DetectorConfig = DetectorConfig(backend="difference")
     thresholds: Thresholds = Thresholds()
     alarm_rules: list[AlarmRule] = [AlarmRule(cls="*", severity="warning")]
@@ -229,6 +290,10 @@ class StationConfig(_Strict):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.state_dir / 'inspector.db'}"
+
+    @property
+    def opcua_pki_dir(self) -> Path:
+        return self.opcua.pki_dir or self.state_dir / "opcua" / "pki"
 
     def dir_for(self, name: Literal["processed", "quarantine", "annotated", "templates"]) -> Path:
         return getattr(self.directories, name) or self.state_dir / name
@@ -283,11 +348,13 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
     curve = cfg.bus.curve.model_copy(update={"server_secret_key": fix(cfg.bus.curve.server_secret_key),
                                              "authorized_clients_dir": fix(cfg.bus.curve.authorized_clients_dir)})
     bus = cfg.bus.model_copy(update={"curve": curve})
+    opcua = cfg.opcua.model_copy(update={"pki_dir": fix(cfg.opcua.pki_dir), "certificate_users": {
+        name: fix(path) for name, path in cfg.opcua.certificate_users.items()}})
     url = cfg.database_url
     if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         url = "sqlite:///" + str(fix(Path(url[len("sqlite:///"):])))
     return cfg.model_copy(update={"state_dir": fix(cfg.state_dir), "directories": dirs, "detector": det,
-                                  "cameras": cams, "database_url": url, "bus": bus})
+                                  "cameras": cams, "database_url": url, "bus": bus, "opcua": opcua})
 
 
 def _is_within(path: Path, other: Path) -> bool:
