@@ -34,8 +34,8 @@ from inspector.config import StationConfig
 from inspector.outputs.opcua_address_space import (ERROR_BAD_RESULT_ID, ERROR_BUSY, ERROR_DATABASE, ERROR_OK,
                                                    ERROR_UNKNOWN_RESULT, MachineVisionAddressSpace, ResultView,
                                                    SessionInfo, VisionState, parse_result_id)
-from inspector.outputs.opcua_security import (ClientTrustList, EncryptedOnlyServer, ReadOnlyRuleset,
-                                              StationUserManager, application_uri, station_server_certificate)
+from inspector.outputs.opcua_security import (ClientTrustList, EncryptedOnlyServer, StationUserManager,
+                                              application_uri, station_server_certificate)
 
 log = logging.getLogger("inspector.opcua")
 
@@ -218,7 +218,7 @@ class OpcUaOutput:
         await server.set_application_uri(self.application_uri)
         await server.load_certificate(str(own.certificate))
         await server.load_private_key(str(own.private_key))
-        server.set_security_policy([POLICIES[p] for p in s.security_policies], permission_ruleset=ReadOnlyRuleset())
+        server.set_security_policy([POLICIES[p] for p in s.security_policies])
         tokens: list[type] = []
         if s.users:
             tokens.append(ua.UserNameIdentityToken)

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from asyncua import ua
 from asyncua.common.utils import ServiceError
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
-from asyncua.crypto.permission_rules import USER_TYPES, PermissionRuleset, User, UserRole
+from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.internal_session import InternalSession
 from cryptography import x509
@@ -298,19 +298,11 @@ class ClientTrustList:
 
 
 # -- users --------------------------------------------------------------------------------------------------------
-class ReadOnlyRuleset(PermissionRuleset):
-    """Browse, read, subscribe, call: yes. Write, add/delete nodes or references, register servers: no."""
-
-    def __init__(self) -> None:
-        self._allowed = {ua.NodeId(t) for t in USER_TYPES if t != ua.ObjectIds.WriteRequest_Encoding_DefaultBinary}
-
-    def check_validity(self, user: User, action_type_id: ua.NodeId, body: Any) -> bool:
-        return user.role is UserRole.User and action_type_id in self._allowed
-
-
 class StationUserManager:
     """asyncua user manager: a name + password against the config's hashes, an X.509 user certificate against
-    ``certificate_users``, or anonymous when allowed. ``None`` refuses the login (BadUserAccessDenied)."""
+    ``certificate_users``, or anonymous when allowed. ``None`` refuses the login (BadUserAccessDenied). Every
+    user is a plain ``User``, never ``Admin``: asyncua then refuses node management and writes to read-only
+    nodes (all of ours)."""
 
     def __init__(self, users: dict[str, str], certificate_users: dict[str, Path], allow_anonymous: bool,
                  limiter: LoginLimiter | None = None) -> None:
