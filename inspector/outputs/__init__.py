@@ -6,6 +6,8 @@
 - ``dispatcher.py``: :class:`OutputDispatcher`, what the pipeline calls once per committed result.
 - ``session.py``: bus sessions and the gap-free result/alarm sequences, assigned in the commit transaction.
 - ``zeromq.py`` (+ ``zeromq_replay.py``): the ZeroMQ bus (XPUB topics, paged replay endpoint).
+- ``opcua.py`` (+ ``opcua_address_space.py``, ``opcua_security.py``): an OPC UA server for PLCs, a subset of
+  OPC 40100 Machine Vision (ResultReady events, GetResultById from the database); needs the ``opcua`` extra.
 
 A new channel (MQTT Sparkplug, say) is one new module with a class that implements :class:`Output`, plus one
 entry in :func:`build_outputs` reading its config section.
@@ -30,4 +32,11 @@ def build_outputs(cfg: "StationConfig") -> OutputDispatcher:
     from inspector.outputs.zeromq import ZeroMQOutput
 
     outputs: list[Output] = [ZeroMQOutput.from_config(cfg.bus)]
+    if cfg.opcua.enabled:
+        try:
+            from inspector.outputs.opcua import OpcUaOutput
+        except ImportError as exc:
+            raise RuntimeError(f"opcua.enabled needs the opcua extra (pip install 'rddn-inspector[opcua]'): "
+                               f"{exc}") from exc
+        outputs.append(OpcUaOutput.from_config(cfg))
     return OutputDispatcher(outputs)

@@ -1,11 +1,12 @@
 """OPC UA output: the line's PLCs read the station's results the way OPC 40100 (Machine Vision) describes.
 
-Per committed result the pipeline calls ``publish`` on its commit thread; that only appends to a bounded buffer
-(oldest dropped and counted when the server thread falls behind: a PLC fetches any result by id from the database,
-so nothing is lost to a PLC, see below) and wakes the server thread. The asyncua server runs on its own thread
+One :class:`~inspector.outputs.base.Output` (config section ``opcua:``). Per committed result the dispatcher calls
+``publish`` on the commit thread; that only appends the :class:`FrameResult` to a bounded buffer (oldest dropped
+and counted when the server thread falls behind: a PLC fetches any result by id from the database, so nothing is
+lost to a PLC, see below) and wakes the server thread. The asyncua server runs on its own thread
 and event loop: it writes the camera's LastResult variables, raises one ResultReady event, serves
 GetResultById / GetResultComponentsById from the database on a small thread pool (never on the loop, at most
-``DB_SLOTS`` at once), and every STATE_PERIOD_S maps the daemon's health onto the vision state machine. No client,
+``DB_SLOTS`` at once), and maps the station's health (``state_changed``) onto the vision state machine. No client,
 slow or stuck, can make ``publish`` wait: clients are capped (connections, pending messages, subscriptions,
 message size) and one that stops reading is disconnected once CLIENT_BACKLOG_BYTES wait for it.
 
@@ -17,29 +18,32 @@ fetches each missed id from the database.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
 from asyncua import Server, ua
 from asyncua.common.connection import TransportLimits
+from sqlalchemy import select
 
 from inspector.config import StationConfig
+from inspector.db.models import ModelRecord
+from inspector.outputs.base import OutputContext, StationState
+from inspector.outputs.result import FrameResult
+from inspector.outputs.session import load_result
 from inspector.outputs.opcua_address_space import (ERROR_BAD_RESULT_ID, ERROR_BUSY, ERROR_DATABASE, ERROR_OK,
                                                    ERROR_UNKNOWN_RESULT, MachineVisionAddressSpace, ResultView,
-                                                   SessionInfo, VisionState, parse_result_id)
+                                                   VisionState, parse_result_id)
 from inspector.outputs.opcua_security import (ClientTrustList, EncryptedOnlyServer, StationUserManager,
                                               application_uri, station_server_certificate)
 
 log = logging.getLogger("inspector.opcua")
 
-STATE_PERIOD_S = 0.25  # how often the daemon's health is mapped onto the state machine
+STATE_PERIOD_S = 0.25  # how often the state machine is refreshed (Ready <-> ContinuousExecution)
 EXECUTING_HOLD_S = 2.0  # ContinuousExecution this long after the last result (no flapping between frames)
 DB_SLOTS = 4  # concurrent GetResult database reads; more answer Error=-4 (busy) at once
 CLIENT_BACKLOG_BYTES = 8 << 20  # unread bytes queued for one client before it is disconnected
@@ -49,28 +53,17 @@ POLICIES = {"Aes256_Sha256_RsaPss": ua.SecurityPolicyType.Aes256Sha256RsaPss_Sig
             "Basic256Sha256": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt}
 
 
-class StationStatus(NamedTuple):
-    """What the daemon says about itself: HealthState value, StationHealth problems, frames waiting or in work."""
-
-    state: str
-    problems: dict[str, str]
-    busy: bool
-
-
-def vision_state(status: StationStatus, recent_result: bool) -> VisionState:
-    """Daemon health -> OPC 40100 state machines: starting = Preoperational, stopping = Halted, an inspection
-    outage (detector or database down) = Error with the reason, else Operational: ContinuousExecution while
-    frames are in work (or were a moment ago), Ready while it waits for the next frame."""
-    if status.state == "starting":
-        return VisionState("Preoperational", "Initialized")
-    if status.state in ("stopping", "stopped"):
+def vision_state(station: StationState | None, stopping: bool, recent_result: bool) -> VisionState:
+    """Station health -> OPC 40100 state machines: not told yet (starting) = Preoperational, stopping = Halted,
+    inspection unavailable (detector or database down) = Error with the reason, else Operational:
+    ContinuousExecution while results come (or came a moment ago), Ready while it waits for the next frame."""
+    if stopping:
         return VisionState("Halted", "Initialized")
-    if status.problems:
-        return VisionState("Error", "Initialized", "; ".join(f"{k}: {v}" for k, v in sorted(status.problems.items())))
-    return VisionState("Operational", "ContinuousExecution" if status.busy or recent_result else "Ready")
-
-
-FetchResult = Callable[[str, int], "str | None"]  # (session, seq) -> stored result message (JSON) or None
+    if station is None:
+        return VisionState("Preoperational", "Initialized")
+    if not station.inspection_available:
+        return VisionState("Error", "Initialized", "; ".join(f"{k}: {v}" for k, v in sorted(station.problems.items())))
+    return VisionState("Operational", "ContinuousExecution" if recent_result else "Ready")
 
 
 @dataclass
@@ -88,34 +81,37 @@ class OpcUaOutput:
 
     name = "opcua"
 
-    def __init__(self, cfg: StationConfig, session: SessionInfo, fetch_result: FetchResult,
-                 status: Callable[[], StationStatus], class_names: Sequence[str] = ()) -> None:
+    def __init__(self, cfg: StationConfig) -> None:
         self.cfg = cfg
         self.settings = cfg.opcua
-        self.session = session
-        self.fetch_result = fetch_result
-        self.status = status
-        self.class_names = list(class_names)
         self.application_uri = application_uri(cfg.station)
         self.stats = OutputStats()
+        self.event_latency_ms: deque[float] = deque(maxlen=10_000)  # detection finished -> event raised
         self.bound_endpoint: str | None = None
         self.certificate_thumbprint: str | None = None
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[FrameResult] = deque()
         self._lock = threading.Lock()
         self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._station: StationState | None = None
         self._stopping = False
         self._started = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._last_result_at = 0.0
+        self._class_names: dict[int, list[str]] = {}  # model id -> its classes (ClassNames/ClassCounts order)
         self.space: MachineVisionAddressSpace | None = None
         self.server: Server | None = None
 
+    @classmethod
+    def from_config(cls, cfg: StationConfig) -> "OpcUaOutput":
+        return cls(cfg)
+
     # -- lifecycle (daemon thread) ----------------------------------------------------------------------------
-    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+    def start(self, context: OutputContext, timeout: float = START_TIMEOUT_S) -> None:
         """Start the server thread and wait until it listens; a bind or certificate error is raised here."""
+        self.context = context
         self._thread = threading.Thread(target=self._run, name="opcua-server", daemon=True)
         self._thread.start()
         if not self._started.wait(timeout):
@@ -143,17 +139,21 @@ class OpcUaOutput:
         return self._thread is not None and self._thread.is_alive()
 
     # -- producer (commit thread): never blocks ---------------------------------------------------------------
-    def publish(self, message: dict[str, Any]) -> None:
-        """Queue one committed result message for the server thread."""
+    def publish(self, result: FrameResult) -> None:
+        """Queue one committed result for the server thread."""
         with self._lock:
             self.stats.published += 1
             if len(self._pending) >= self.settings.result_queue:
                 self._pending.popleft()
                 self.stats.dropped += 1
-            self._pending.append(message)
+            self._pending.append(result)
             if self._wake_scheduled:
                 return
             self._wake_scheduled = True
+        self._wake_loop()
+
+    def state_changed(self, state: StationState) -> None:
+        self._station = state
         self._wake_loop()
 
     def _wake_loop(self) -> None:
@@ -229,8 +229,8 @@ class OpcUaOutput:
         server.set_identity_tokens(tokens)
         self.trust_list = ClientTrustList(self.cfg.opcua_pki_dir, s.trust_all_clients)
         server.set_certificate_validator(self.trust_list)
-        space = MachineVisionAddressSpace(server, self.cfg.station, [c.id for c in self.cfg.cameras], self.class_names)
-        await space.build(self.session, self._get_result_by_id, self._get_result_components_by_id)
+        space = MachineVisionAddressSpace(server, self.cfg.station, [c.id for c in self.cfg.cameras])
+        await space.build(self.context.session, self._get_result_by_id, self._get_result_components_by_id)
         await space.show_state(self._state())
         self.server, self.space = server, space
         return server
@@ -247,7 +247,7 @@ class OpcUaOutput:
             await self.space.show_state(self._state())
             self._drop_stuck_clients()
         await self._show_pending()
-        await self.space.show_state(VisionState("Halted", "Initialized"))
+        await self.space.show_state(self._state())
 
     async def _show_pending(self) -> None:
         assert self.space is not None
@@ -255,23 +255,38 @@ class OpcUaOutput:
             batch = list(self._pending)
             self._pending.clear()
             self._wake_scheduled = False
-        for message in batch:
+        for result in batch:
             try:
-                await self.space.show_result(ResultView.from_message(message))
+                classes = await self._classes(result)
+                await self.space.show_result(ResultView.from_result(result), classes)
+                if result.detected_at:
+                    self.event_latency_ms.append((time.perf_counter() - result.detected_at) * 1000.0)
                 self.stats.shown += 1
                 self._last_result_at = time.monotonic()
-            except Exception:  # noqa: BLE001 - one malformed result must not stop the server
+            except Exception:  # noqa: BLE001 - one result that cannot be shown must not stop the server
                 self.stats.failed += 1
-                log.exception("OPC UA server cannot show a result", extra={"fields": {
-                    "session": message.get("session"), "seq": message.get("seq")}})
+                log.exception("OPC UA server cannot show a result", extra={"fields": {"result": result.result_id}})
+
+    async def _classes(self, result: FrameResult) -> list[str]:
+        """The class list of the result's model (from the models table, once per model): what ClassNames holds
+        and ClassCounts counts, in the model's order, zeros included, so a PLC can index a fixed array."""
+        model_id = result.model.id if result.model is not None else -1
+        if model_id not in self._class_names:
+            try:
+                self._class_names[model_id] = await asyncio.get_running_loop().run_in_executor(
+                    self._db, self._load_classes, model_id)
+            except Exception as exc:  # noqa: BLE001 - database away: the result's own labels, asked again next time
+                log.warning("OPC UA: model classes unavailable", extra={"fields": {"error": str(exc).splitlines()[0]}})
+                return []
+        return self._class_names[model_id]
+
+    def _load_classes(self, model_id: int) -> list[str]:
+        with self.context.factory() as db:
+            names = db.scalar(select(ModelRecord.class_names).where(ModelRecord.id == model_id))
+        return list(names or [])
 
     def _state(self) -> VisionState:
-        try:
-            status = self.status()
-        except Exception:  # noqa: BLE001
-            log.exception("daemon status unavailable to the OPC UA server")
-            status = StationStatus("degraded", {"daemon": "status unavailable"}, False)
-        return vision_state(status, time.monotonic() - self._last_result_at < EXECUTING_HOLD_S)
+        return vision_state(self._station, self._stopping, time.monotonic() - self._last_result_at < EXECUTING_HOLD_S)
 
     def _drop_stuck_clients(self) -> None:
         assert self.server is not None
@@ -283,7 +298,8 @@ class OpcUaOutput:
                 transport.abort()
 
     # -- ResultManagement methods (server loop) ---------------------------------------------------------------
-    async def _lookup(self, args: tuple[ua.Variant, ...]) -> tuple[str | None, int] | ua.StatusCode:
+    async def _lookup(self, args: tuple[ua.Variant, ...]) -> tuple[FrameResult | None, list[str], int] | ua.StatusCode:
+        """The result a GetResult call names, the class list of its model, and the 40100 Error value."""
         if len(args) != 2:
             return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing if len(args) < 2
                                  else ua.StatusCodes.BadTooManyArguments)
@@ -293,23 +309,25 @@ class OpcUaOutput:
         try:
             session, seq = parse_result_id(args[0].Value)
         except ValueError:
-            return None, ERROR_BAD_RESULT_ID
+            return None, [], ERROR_BAD_RESULT_ID
         if self._db_slots.locked():
-            return None, ERROR_BUSY
+            return None, [], ERROR_BUSY
         async with self._db_slots:
             try:
-                payload = await asyncio.get_running_loop().run_in_executor(self._db, self.fetch_result, session, seq)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._db, load_result, self.context.factory, session, seq)
+                classes = await self._classes(result) if result is not None else []
             except Exception as exc:  # noqa: BLE001 - the database is down or locked: say so, keep serving
                 log.error("GetResult: database unavailable", extra={"fields": {"error": str(exc).splitlines()[0]}})
-                return None, ERROR_DATABASE
-        return (payload, ERROR_OK) if payload is not None else (None, ERROR_UNKNOWN_RESULT)
+                return None, [], ERROR_DATABASE
+        return (result, classes, ERROR_OK) if result is not None else (None, [], ERROR_UNKNOWN_RESULT)
 
     async def _get_result_by_id(self, parent: ua.NodeId, *args: ua.Variant) -> list[ua.Variant] | ua.StatusCode:
         found = await self._lookup(args)
         if isinstance(found, ua.StatusCode):
             return found
-        payload, error = found
-        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(payload or "", ua.VariantType.String),
+        result, _classes, error = found
+        return [ua.Variant(0, ua.VariantType.UInt32), ua.Variant(result.to_json() if result else "", ua.VariantType.String),
                 ua.Variant(error, ua.VariantType.Int32)]
 
     async def _get_result_components_by_id(self, parent: ua.NodeId,
@@ -317,7 +335,7 @@ class OpcUaOutput:
         found = await self._lookup(args)
         if isinstance(found, ua.StatusCode):
             return found
-        payload, error = found
+        result, classes, error = found
         assert self.space is not None
-        values = self.space.variants(ResultView.from_message(json.loads(payload)) if payload is not None else None)
+        values = self.space.variants(ResultView.from_result(result) if result is not None else None, classes)
         return [ua.Variant(0, ua.VariantType.UInt32), *values, ua.Variant(error, ua.VariantType.Int32)]

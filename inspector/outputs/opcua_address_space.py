@@ -28,6 +28,9 @@ from typing import Any, Awaitable, Callable, Sequence
 from asyncua import Node, Server, ua
 from asyncua.common.events import get_event_obj_from_type_node
 
+from inspector.outputs.base import SessionInfo
+from inspector.outputs.result import FrameResult
+
 MV_NAMESPACE = "http://opcfoundation.org/UA/MachineVision"
 # Identifiers of the OPC 40100-1 types this subset instantiates (its NodeSet, namespace MV_NAMESPACE).
 VISION_SYSTEM_TYPE = 1003
@@ -70,24 +73,23 @@ class ResultView:
     class_counts: dict[str, int] = field(default_factory=dict)
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     frame: str = ""
-    reason: str = ""
+    reason: str = ""  # NOT_INSPECTED: the quarantine reason (machine-readable) ...
+    detail: str = ""  # ... and its human-readable message
 
     @property
     def result_id(self) -> str:
         return format_result_id(self.session, self.seq)
 
     @classmethod
-    def from_message(cls, msg: dict[str, Any]) -> "ResultView":
-        """From the JSON result message (the bus payload, also stored in the database)."""
+    def from_result(cls, result: FrameResult) -> "ResultView":
         counts: dict[str, int] = {}
-        for det in msg.get("detections") or []:
-            counts[str(det["class"])] = counts.get(str(det["class"]), 0) + 1
-        created = msg.get("processed_at")
-        return cls(session=str(msg["session"]), seq=int(msg["seq"]), camera=str(msg["camera"]),
-                   verdict=str(msg["verdict"]), position=str(msg.get("position") or ""),
-                   serial=str(msg.get("serial") or ""), severity=msg.get("severity"), class_counts=counts,
-                   created=datetime.fromisoformat(created) if created else datetime.now(timezone.utc),
-                   frame=str(msg.get("frame") or ""), reason=str(msg.get("reason") or ""))
+        for det in result.detections:
+            counts[det.class_name] = counts.get(det.class_name, 0) + 1
+        quarantine = result.quarantine
+        return cls(session=result.session, seq=result.seq, camera=result.camera, verdict=result.verdict.value,
+                   position=result.position or "", serial=result.serial or "", severity=result.severity,
+                   class_counts=counts, created=result.processed_at, frame=result.frame,
+                   reason=quarantine.reason if quarantine else "", detail=quarantine.message if quarantine else "")
 
 
 def format_result_id(session: str, seq: int) -> str:
@@ -107,15 +109,6 @@ class VisionState:
     state: str  # one of TOP_STATES
     mode: str  # one of AUTOMATIC_MODE_STATES (meaningful while Operational)
     reason: str = ""
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """This run's bus session and the previous one's last sequence (what the bus birth message carries)."""
-
-    session: str
-    previous_session: str | None = None
-    previous_last_seq: int = 0
 
 
 MethodHandler = Callable[[ua.NodeId, ua.Variant, ua.Variant], Awaitable[list[ua.Variant]]]
@@ -145,11 +138,10 @@ _RESULT_FIELDS: tuple[tuple[str, str, ua.VariantType, bool], ...] = (
 class MachineVisionAddressSpace:
     """Builds the nodes once (``build``) and then shows results and the state: called on the server's loop only."""
 
-    def __init__(self, server: Server, station: str, cameras: Sequence[str], class_names: Sequence[str]) -> None:
+    def __init__(self, server: Server, station: str, cameras: Sequence[str]) -> None:
         self.server = server
         self.station = station
         self.cameras = list(cameras)
-        self.class_names = list(class_names)
         self.mv = 0
         self._event: Any = None
         self._state = VisionState("", "")
@@ -187,11 +179,11 @@ class MachineVisionAddressSpace:
                             [_arg("ResultHandle", ua.VariantType.UInt32, "always 0"),
                              *[_arg(name, vt, "", array) for name, _, vt, array in _RESULT_FIELDS],
                              _arg("Error", ua.VariantType.Int32, _ERROR_TEXT)])
-        await self._add_value(vs, "Session", session.session, ua.VariantType.String)
+        await self._add_value(vs, "Session", session.id, ua.VariantType.String)
         await self._add_value(vs, "LastSequence", 0, ua.VariantType.UInt32)
         await self._add_value(vs, "LastResultId", "", ua.VariantType.String)
-        await self._add_value(vs, "PreviousSession", session.previous_session or "", ua.VariantType.String)
-        await self._add_value(vs, "PreviousLastSequence", session.previous_last_seq, ua.VariantType.UInt32)
+        await self._add_value(vs, "PreviousSession", session.previous_id or "", ua.VariantType.String)
+        await self._add_value(vs, "PreviousLastSequence", session.previous_last_result_seq, ua.VariantType.UInt32)
         cams = await vs.add_folder(node_id("Cameras"), ua.QualifiedName("Cameras", 1))
         for cam in self.cameras:
             cam_node = await cams.add_object(node_id(f"Cameras.{cam}"), ua.QualifiedName(cam, 1))
@@ -253,29 +245,29 @@ class MachineVisionAddressSpace:
         await self.server.write_attribute_value(node_id(path), ua.DataValue(
             ua.Variant(value, vt), SourceTimestamp=when or now, ServerTimestamp=now))
 
-    def fields(self, view: ResultView) -> dict[str, Any]:
-        """Browse name -> value of one result, in the order of _RESULT_FIELDS (LastResult, event, components)."""
-        for label in view.class_counts:
-            if label not in self.class_names:
-                self.class_names.append(label)
-        counts = [view.class_counts.get(c, 0) for c in self.class_names]
+    @staticmethod
+    def fields(view: ResultView, classes: Sequence[str]) -> dict[str, Any]:
+        """Browse name -> value of one result (LastResult, event, components). ClassNames: the model's classes
+        (``classes``), then any other label the result has; ClassCounts: the detections of each."""
+        names = list(classes) + sorted(set(view.class_counts) - set(classes))
+        counts = [view.class_counts.get(c, 0) for c in names]
         return {"ResultId": view.result_id, "ResultState": RESULT_STATE[view.verdict], "IsPartial": False,
                 "CreationTime": view.created, "Camera": view.camera, "Position": view.position,
                 "Serial": view.serial, "Verdict": view.verdict, "ResultEvaluation": RESULT_EVALUATION[view.verdict],
-                "DefectSeverity": view.severity or "", "ClassNames": list(self.class_names), "ClassCounts": counts,
+                "DefectSeverity": view.severity or "", "ClassNames": names, "ClassCounts": counts,
                 "DetectionCount": sum(counts), "Session": view.session, "Sequence": view.seq, "Frame": view.frame,
                 "Reason": view.reason}
 
-    def variants(self, view: ResultView | None) -> list[ua.Variant]:
+    def variants(self, view: ResultView | None, classes: Sequence[str] = ()) -> list[ua.Variant]:
         """The result as GetResultComponentsById outputs; empty values when there is none."""
-        values = self.fields(view) if view is not None else {
+        values = self.fields(view, classes) if view is not None else {
             name: [] if array else _EMPTY[vt] for name, _, vt, array in _RESULT_FIELDS}
         return [ua.Variant(values[name], vt, is_array=array) for name, _, vt, array in _RESULT_FIELDS]
 
-    async def show_result(self, view: ResultView) -> None:
+    async def show_result(self, view: ResultView, classes: Sequence[str]) -> None:
         """LastResult of its camera (ResultId written last: a PLC watching it reads a complete result), the
         station's LastSequence, then one ResultReady event from the VisionSystem (and the Server object)."""
-        values = self.fields(view)
+        values = self.fields(view, classes)
         if view.camera in self.cameras:
             prefix = f"Cameras.{view.camera}.LastResult."
             for name, _, vt, _array in _RESULT_FIELDS[1:]:
@@ -297,7 +289,7 @@ class MachineVisionAddressSpace:
         event.Severity = (OK_SEVERITY if view.verdict == "OK" else NOT_INSPECTED_SEVERITY
                           if view.verdict == "NOT_INSPECTED" else EVENT_SEVERITY.get(view.severity, 300))
         event.Message = ua.LocalizedText(f"{view.camera} {view.position} {view.serial}: {view.verdict}"
-                                         + (f" ({view.reason})" if view.reason else ""))
+                                         + (f" ({view.reason}: {view.detail})" if view.reason else ""))
         service = self.server.iserver.subscription_service
         for notifier in (self.vision_system.nodeid, ua.NodeId(ua.ObjectIds.Server)):
             event.emitting_node = notifier

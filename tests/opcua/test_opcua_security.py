@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,43 +16,30 @@ from cryptography import x509
 
 from inspector.config import ConfigError, parse_station_config
 from inspector.outputs import opcua as opcua_module
-from inspector.outputs.opcua import OpcUaOutput, StationStatus
-from inspector.outputs.opcua_address_space import SessionInfo
 from inspector.outputs.opcua_security import (LoginLimiter, StationUserManager, certificate_uris,
                                               ensure_server_certificate, hash_password, thumbprint, verify_password)
 from opcua_client import Identity, connect, make_identity, refusal, run
+from station_side import Station
 
 PASSWORD = "correct horse battery staple"
 
 
-class Secured:
-    def __init__(self, root: Path, **opcua: Any) -> None:
-        self.root = root
-        self.mes = make_identity(root / "users", "mes-user")  # an X.509 *user* certificate
-        settings = {"enabled": True, "endpoint": "opc.tcp://127.0.0.1:0/rddn",
-                    "users": {"plc": hash_password(PASSWORD)}, "certificate_users": {"mes": str(self.mes.cert)}}
-        settings.update(opcua)
-        self.cfg = parse_station_config({"station": "line7", "state_dir": str(root / "state"),
-                                         "cameras": [{"id": "top", "drop_folder": str(root / "d")}],
-                                         "opcua": settings}, "<test>", root)
-        self.pki = self.cfg.opcua_pki_dir
-        self.plc = make_identity(root / "apps", "plc")
-        self.plc.trust_on(self.pki)
-        self.output = OpcUaOutput(self.cfg, SessionInfo(str(uuid.uuid4())), lambda s, q: None,
-                                  lambda: StationStatus("healthy", {}, False))
+class Secured(Station):
+    """A station with a password user ``plc`` and a certificate user ``mes`` (its own X.509 user certificate)."""
 
-    @property
-    def url(self) -> str:
-        assert self.output.bound_endpoint is not None
-        return self.output.bound_endpoint
+    def __init__(self, root: Path, **opcua: Any) -> None:
+        self.mes = make_identity(root / "users", "mes-user")
+        settings: dict[str, Any] = {"users": {"plc": hash_password(PASSWORD)},
+                                    "certificate_users": {"mes": str(self.mes.cert)}}
+        super().__init__(root, **{**settings, **opcua})
+        self.pki = self.cfg.opcua_pki_dir
 
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    s = Secured(tmp_path_factory.mktemp("secured"))
-    s.output.start()
+    s = Secured(tmp_path_factory.mktemp("secured")).start()
     yield s
-    s.output.stop()
+    s.stop()
 
 
 async def reads(client: Client) -> str:
@@ -64,7 +50,7 @@ def test_password_user_on_each_policy(secured: Secured) -> None:
     async def scenario() -> None:
         for policy in ("Aes256Sha256RsaPss", "Aes128Sha256RsaOaep", "Basic256Sha256"):
             async with await connect(secured.url, secured.plc, user="plc", password=PASSWORD, policy=policy) as c:
-                assert await reads(c) == secured.output.session.session
+                assert await reads(c) == secured.db.session.id
     run(scenario)
 
 
@@ -243,8 +229,7 @@ def test_config_refuses_unsafe_settings(tmp_path: Path) -> None:
 
 
 def test_anonymous_only_when_enabled(tmp_path: Path) -> None:
-    s = Secured(tmp_path, users={}, certificate_users={}, allow_anonymous=True)
-    s.output.start()
+    s = Secured(tmp_path, users={}, certificate_users={}, allow_anonymous=True).start()
     try:
         async def scenario() -> None:
             async with await connect(s.url, s.plc) as c:
@@ -254,4 +239,4 @@ def test_anonymous_only_when_enabled(tmp_path: Path) -> None:
             assert "BadCertificateUntrusted" in await refusal(s.url, make_identity(tmp_path / "x", "unknown"))
         run(scenario)
     finally:
-        s.output.stop()
+        s.stop()

@@ -7,73 +7,41 @@ import asyncio
 import json
 import threading
 import uuid
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 from asyncua import ua
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from inspector.config import parse_station_config
+from inspector.db.models import ResultRow
+from inspector.outputs import StationState
 from inspector.outputs import opcua as opcua_module
-from inspector.outputs.opcua import OpcUaOutput, StationStatus, vision_state
-from inspector.outputs.opcua_address_space import SessionInfo, parse_result_id
+from inspector.outputs.opcua import vision_state
+from inspector.outputs.opcua_address_space import parse_result_id
 from inspector.outputs.opcua_security import hash_password
-from opcua_client import MV, EventLog, Identity, connect, make_identity, run, values
+from opcua_client import MV, EventLog, connect, run, values
+from station_side import CLASSES, Station
 
-SESSION = str(uuid.uuid4())
-PREVIOUS = str(uuid.uuid4())
+SESSION = str(uuid.uuid4())  # for parse_result_id
 QUEUE = 20
-
-
-class Station:
-    """The daemon's side, real parts: an OpcUaOutput with a result store and a settable health."""
-
-    def __init__(self, root: Path) -> None:
-        self.store: dict[tuple[str, int], str] = {}
-        self.status = StationStatus("healthy", {}, False)
-        self.fetch_error: Exception | None = None
-        self.fetch_gate: threading.Event | None = None
-        self.cfg = parse_station_config({
-            "station": "line1", "state_dir": str(root / "state"),
-            "cameras": [{"id": "top", "drop_folder": str(root / "d1")}, {"id": "bottom", "drop_folder": str(root / "d2")}],
-            "opcua": {"enabled": True, "endpoint": "opc.tcp://127.0.0.1:0/rddn", "result_queue": QUEUE,
-                      "users": {"plc": hash_password("s3cret")}}}, "<test>", root)
-        self.plc = make_identity(root / "plc", "plc")
-        self.plc.trust_on(self.cfg.opcua_pki_dir)
-        self.output = OpcUaOutput(self.cfg, SessionInfo(SESSION, PREVIOUS, 41), self.fetch, lambda: self.status,
-                                  ["open", "short", "mousebite"])
-        self.seq = 0
-
-    def fetch(self, session: str, seq: int) -> str | None:
-        if self.fetch_gate is not None:
-            self.fetch_gate.wait(30)
-        if self.fetch_error is not None:
-            raise self.fetch_error
-        return self.store.get((session, seq))
-
-    def result(self, verdict: str, camera: str = "top", **extra: Any) -> dict[str, Any]:
-        """Commit (store) and publish one result message, as the pipeline does."""
-        self.seq += 1
-        msg = {"schema": 1, "type": "result", "station": "line1", "session": SESSION, "seq": self.seq,
-               "camera": camera, "position": "A01", "serial": f"SN{self.seq}", "verdict": verdict,
-               "frame": f"A01_SN{self.seq}.png", "processed_at": datetime.now(timezone.utc).isoformat(),
-               "detections": [], "severity": None, **extra}
-        self.store[(SESSION, self.seq)] = json.dumps(msg)
-        self.output.publish(msg)
-        return msg
 
 
 @pytest.fixture(scope="module")
 def station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Station]:
-    st = Station(tmp_path_factory.mktemp("opcua"))
-    st.output.start()
+    st = Station(tmp_path_factory.mktemp("opcua"), result_queue=QUEUE, users={"plc": hash_password("s3cret")})
+    st.start()
+    st.output.state_changed(StationState())
     yield st
-    st.output.stop()
+    st.stop()
 
 
 def plc_client(st: Station):
-    return connect(st.output.bound_endpoint, st.plc, user="plc", password="s3cret")
+    return connect(st.url, st.plc, user="plc", password="s3cret")
+
+
+def session_of(st: Station) -> str:
+    return st.db.session.id
 
 
 def node(client: Any, path: str) -> Any:
@@ -128,9 +96,9 @@ def test_address_space_is_named_after_opc_40100(station: Station) -> None:
                 assert {f"{mv}:ResultId", "1:Verdict", "1:Serial", "1:Position", "1:ClassCounts",
                         "1:DefectSeverity"} <= names
                 assert await node(client, f"Cameras.{cam}.LastResult.Camera").read_value() == cam
-            assert await node(client, "Session").read_value() == SESSION
-            assert await node(client, "PreviousSession").read_value() == PREVIOUS
-            assert await node(client, "PreviousLastSequence").read_value() == 41
+            assert await node(client, "Session").read_value() == session_of(station)
+            assert await node(client, "PreviousSession").read_value() == ""  # the first run of this database
+            assert await node(client, "PreviousLastSequence").read_value() == 0
     run(scenario)
 
 
@@ -146,16 +114,15 @@ def test_result_ready_event_per_frame_and_last_result(station: Station) -> None:
             ours = client.get_node(ua.NodeId("InspectionResultReadyEventType", 1))
             sub2 = await client.create_subscription(20, on_server)
             await sub2.subscribe_events(client.nodes.server, ours)
-            first = station.seq
-            station.result("OK")
-            station.result("NG", detections=[{"class": "open"}, {"class": "open"}, {"class": "short"}],
-                           severity="critical")
-            station.result("NOT_INSPECTED", camera="bottom", reason="corrupt: truncated .png file (no end marker)")
+            sid = session_of(station)
+            first = station.result("OK").seq - 1
+            station.result("NG", labels=("open", "open", "short"), severity="critical")
+            station.result("NOT_INSPECTED", camera="bottom", reason="corrupt")
             mv_events = [values(e) for e in await on_system.wait_for(3)]
             events = [values(e) for e in await on_server.wait_for(3)]
             await asyncio.sleep(0.3)  # nothing more arrives: one event per result, no duplicates
             assert len(on_system.events) == 3 and len(on_server.events) == 3
-            assert [e["ResultId"] for e in events] == [f"{SESSION}:{first + i}" for i in (1, 2, 3)]
+            assert [e["ResultId"] for e in events] == [f"{sid}:{first + i}" for i in (1, 2, 3)]
             # a client that knows only 40100 gets 40100's fields of the same events
             assert [(e["ResultId"], e["ResultState"], e["IsPartial"], e["EventId"]) for e in mv_events] == [
                 (e["ResultId"], e["ResultState"], e["IsPartial"], e["EventId"]) for e in events]
@@ -166,43 +133,51 @@ def test_result_ready_event_per_frame_and_last_result(station: Station) -> None:
             assert ng["ClassNames"] == ["open", "short", "mousebite"] and ng["ClassCounts"] == [2, 1, 0]
             assert ng["DetectionCount"] == 3 and ng["Severity"] == 800 and ng["IsPartial"] is False
             assert (ni["Verdict"], ni["ResultEvaluation"], ni["ResultState"]) == ("NOT_INSPECTED", 3, 4)
-            assert ni["Reason"].startswith("corrupt") and ni["Camera"] == "bottom"
+            assert ni["Reason"] == "corrupt" and ni["Camera"] == "bottom" and "corrupt frame" in ni["Message"].Text
             assert ni["SourceNode"] == ua.NodeId("VisionSystem.Cameras.bottom", 1)
-            assert ng["Serial"] == f"SN{first + 2}" and ng["Position"] == "A01" and ng["Sequence"] == first + 2
+            assert ng["Serial"].startswith("SN") and ng["Position"] == "A01" and ng["Sequence"] == first + 2
             # the last result per camera
-            assert await node(client, "Cameras.top.LastResult.ResultId").read_value() == f"{SESSION}:{first + 2}"
+            assert await node(client, "Cameras.top.LastResult.ResultId").read_value() == f"{sid}:{first + 2}"
             assert await node(client, "Cameras.top.LastResult.Verdict").read_value() == "NG"
             assert await node(client, "Cameras.top.LastResult.ClassCounts").read_value() == [2, 1, 0]
             assert await node(client, "Cameras.bottom.LastResult.Verdict").read_value() == "NOT_INSPECTED"
             assert await node(client, "LastSequence").read_value() == first + 3
-            assert await node(client, "LastResultId").read_value() == f"{SESSION}:{first + 3}"
+            assert await node(client, "LastResultId").read_value() == f"{sid}:{first + 3}"
     run(scenario)
 
 
-def test_get_result_by_id_is_served_from_the_store(station: Station) -> None:
+def stored_payload(st: Station, seq: int) -> str:
+    with st.db.factory() as db:
+        return db.scalar(select(ResultRow.payload).where(ResultRow.session_id == session_of(st), ResultRow.seq == seq))
+
+
+def test_get_result_by_id_is_served_from_the_database(station: Station, monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        msg = station.result("NG", detections=[{"class": "short"}], severity="warning")
-        result_id = f"{SESSION}:{msg['seq']}"
+        sid = session_of(station)
+        result = station.result("NG", labels=("short",), severity="warning")
+        result_id = f"{sid}:{result.seq}"
         async with await plc_client(station) as client:
             handle, payload, error = await call(client, "GetResultById", rid(result_id), TIMEOUT)
-            assert (handle, error) == (0, 0) and payload == station.store[(SESSION, msg["seq"])]
+            assert (handle, error) == (0, 0) and payload == stored_payload(station, result.seq)  # the bus message
             out = await call(client, "GetResultComponentsById", rid(result_id), TIMEOUT)
             assert out[0] == 0 and out[-1] == 0
-            assert out[1:5] == [result_id, 1, False, datetime.fromisoformat(msg["processed_at"])]
-            assert out[5:12] == ["top", "A01", msg["serial"], "NG", 2, "warning", ["open", "short", "mousebite"]]
+            assert out[1:5] == [result_id, 1, False, result.processed_at]
+            assert out[5:12] == ["top", "A01", result.serial, "NG", 2, "warning", CLASSES]
             assert out[12:14] == [[0, 1, 0], 1]
             # errors are the Error output (0 OK, negative: application-specific, as 40100 asks)
-            assert (await call(client, "GetResultById", rid(f"{SESSION}:999999"), TIMEOUT))[2] == -1
+            assert (await call(client, "GetResultById", rid(f"{sid}:999999"), TIMEOUT))[2] == -1
             assert (await call(client, "GetResultById", rid(f"{uuid.uuid4()}:1"), TIMEOUT))[2] == -1
-            for bad in ("", "42", f"{SESSION}:0", f"{SESSION}:-3", "not-a-uuid:5", f"{SESSION}:1e3"):
+            for bad in ("", "42", f"{sid}:0", f"{sid}:-3", "not-a-uuid:5", f"{sid}:1e3"):
                 assert (await call(client, "GetResultById", rid(bad), TIMEOUT))[2] == -2, bad
-            empty = await call(client, "GetResultComponentsById", rid(f"{SESSION}:999999"), TIMEOUT)
+            empty = await call(client, "GetResultComponentsById", rid(f"{sid}:999999"), TIMEOUT)
             assert empty[-1] == -1 and empty[1] == "" and empty[11] == []
-            station.fetch_error = OSError("database is locked")
-            try:
-                assert (await call(client, "GetResultById", rid(result_id), TIMEOUT))[2] == -3
-            finally:
-                station.fetch_error = None
+
+            def database_down(*_: object) -> None:
+                raise OperationalError("SELECT", {}, Exception("database is locked"))
+            monkeypatch.setattr(opcua_module, "load_result", database_down)
+            assert (await call(client, "GetResultById", rid(result_id), TIMEOUT))[2] == -3
+            monkeypatch.undo()
+            assert (await call(client, "GetResultById", rid(result_id), TIMEOUT))[2] == 0
             with pytest.raises(ua.UaStatusCodeError, match="BadTypeMismatch"):
                 await call(client, "GetResultById", ua.Variant(7, ua.VariantType.Int32), TIMEOUT)
             with pytest.raises(ua.UaStatusCodeError, match="BadArgumentsMissing"):
@@ -210,39 +185,42 @@ def test_get_result_by_id_is_served_from_the_store(station: Station) -> None:
     run(scenario)
 
 
-def test_get_result_answers_busy_instead_of_queueing(station: Station) -> None:
+def test_get_result_answers_busy_instead_of_queueing(station: Station, monkeypatch: pytest.MonkeyPatch) -> None:
     """DB_SLOTS lookups wait on a stuck database; the next one says busy (-4) at once, the slow ones finish."""
+    gate = threading.Event()
+    real = opcua_module.load_result
+
+    def stuck(*args: Any) -> Any:
+        gate.wait(30)
+        return real(*args)
+
     async def scenario() -> None:
-        msg = station.result("OK")
-        result_id = rid(f"{SESSION}:{msg['seq']}")
+        result_id = rid(station.result("OK").result_id)
         clients = [await plc_client(station) for _ in range(opcua_module.DB_SLOTS + 1)]
-        station.fetch_gate = threading.Event()
+        monkeypatch.setattr(opcua_module, "load_result", stuck)
         try:
             slow = [asyncio.ensure_future(call(c, "GetResultById", result_id, TIMEOUT))
                     for c in clients[:opcua_module.DB_SLOTS]]
             await asyncio.sleep(0.5)
             assert not any(t.done() for t in slow)
             assert (await call(clients[-1], "GetResultById", result_id, TIMEOUT))[2] == -4
-            station.fetch_gate.set()
+            gate.set()
             assert [r[2] for r in await asyncio.gather(*slow)] == [0] * opcua_module.DB_SLOTS
         finally:
-            station.fetch_gate.set()
-            station.fetch_gate = None
+            gate.set()
             for c in clients:
                 await c.disconnect()
     run(scenario)
 
 
-def test_state_machine_follows_the_daemon(station: Station, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(opcua_module, "EXECUTING_HOLD_S", 0.0)
-
+def test_state_machine_follows_the_station(station: Station, monkeypatch: pytest.MonkeyPatch) -> None:
     async def state(client: Any) -> tuple[str, str, str]:
         top = await node(client, "VisionStateMachine.CurrentState").read_value()
         mode = await node(client, "VisionStateMachine.AutomaticModeStateMachine.CurrentState").read_value()
         return top.Text, mode.Text, await node(client, "StateReason").read_value()
 
     async def becomes(client: Any, expected: tuple[str, str, str]) -> None:
-        for _ in range(100):
+        for _ in range(200):
             if await state(client) == expected:
                 return
             await asyncio.sleep(0.05)
@@ -251,33 +229,34 @@ def test_state_machine_follows_the_daemon(station: Station, monkeypatch: pytest.
     async def scenario() -> None:
         async with await plc_client(station) as client:
             try:
-                station.status = StationStatus("healthy", {}, False)
+                monkeypatch.setattr(opcua_module, "EXECUTING_HOLD_S", 0.0)
                 await becomes(client, ("Operational", "Ready", ""))
-                station.status = StationStatus("healthy", {}, True)
+                monkeypatch.setattr(opcua_module, "EXECUTING_HOLD_S", 60.0)
+                station.result("OK")
                 await becomes(client, ("Operational", "ContinuousExecution", ""))
-                station.status = StationStatus("degraded", {"detector": "restart budget spent"}, True)
+                station.output.state_changed(StationState("degraded", {"detector": "restart budget spent"}))
                 await becomes(client, ("Error", "Initialized", "detector: restart budget spent"))
                 sid = await node(client, "VisionStateMachine.CurrentState.Id").read_value()
                 assert sid == ua.NodeId("VisionSystem.VisionStateMachine.Error", 1)
             finally:
-                station.status = StationStatus("healthy", {}, False)
-            await becomes(client, ("Operational", "Ready", ""))
+                station.output.state_changed(StationState())
+            await becomes(client, ("Operational", "ContinuousExecution", ""))
     run(scenario)
 
 
-@pytest.mark.parametrize("status, recent, expected", [
-    (StationStatus("starting", {}, False), False, ("Preoperational", "Initialized")),
-    (StationStatus("stopping", {}, True), True, ("Halted", "Initialized")),
-    (StationStatus("healthy", {"database": "down"}, False), False, ("Error", "Initialized")),
-    (StationStatus("degraded", {}, False), False, ("Operational", "Ready")),  # observer restart: still inspecting
-    (StationStatus("healthy", {}, False), True, ("Operational", "ContinuousExecution")),
-    (StationStatus("healthy", {}, True), False, ("Operational", "ContinuousExecution")),
-    (StationStatus("healthy", {}, False), False, ("Operational", "Ready")),
+@pytest.mark.parametrize("station_state, stopping, recent, expected", [
+    (None, False, False, ("Preoperational", "Initialized")),
+    (StationState(), True, True, ("Halted", "Initialized")),
+    (StationState("degraded", {"database": "down"}), False, True, ("Error", "Initialized")),
+    (StationState("degraded", {}), False, False, ("Operational", "Ready")),
+    (StationState(), False, True, ("Operational", "ContinuousExecution")),
+    (StationState(), False, False, ("Operational", "Ready")),
 ])
-def test_vision_state_mapping(status: StationStatus, recent: bool, expected: tuple[str, str]) -> None:
-    got = vision_state(status, recent)
+def test_vision_state_mapping(station_state: StationState | None, stopping: bool, recent: bool,
+                              expected: tuple[str, str]) -> None:
+    got = vision_state(station_state, stopping, recent)
     assert (got.state, got.mode) == expected
-    assert bool(got.reason) == bool(status.problems) and (not status.problems or "database: down" == got.reason)
+    assert got.reason == ("database: down" if expected[0] == "Error" else "")
 
 
 def test_publish_never_waits_for_a_stuck_server_thread(station: Station) -> None:
@@ -293,7 +272,7 @@ def test_publish_never_waits_for_a_stuck_server_thread(station: Station) -> None
     loop.call_soon_threadsafe(stuck)
     assert blocked.wait(10)
     dropped_before, shown_before = station.output.stats.dropped, station.output.stats.shown
-    sent = [station.result("OK") for _ in range(QUEUE + 7)]
+    sent = [station.result("OK") for _ in range(QUEUE + 7)]  # each committed to the database first
     assert not release.is_set()  # every publish returned while the server thread was stuck
     assert station.output.stats.dropped - dropped_before == 7
     release.set()
@@ -301,14 +280,14 @@ def test_publish_never_waits_for_a_stuck_server_thread(station: Station) -> None
     async def scenario() -> None:
         async with await plc_client(station) as client:
             for _ in range(100):
-                if await node(client, "LastSequence").read_value() == sent[-1]["seq"]:
+                if await node(client, "LastSequence").read_value() == sent[-1].seq:
                     break
                 await asyncio.sleep(0.05)
-            assert await node(client, "LastSequence").read_value() == sent[-1]["seq"]
+            assert await node(client, "LastSequence").read_value() == sent[-1].seq
             assert station.output.stats.shown - shown_before == QUEUE
             oldest = sent[0]  # dropped from the buffer, still served by id
-            _, payload, error = await call(client, "GetResultById", rid(f"{SESSION}:{oldest['seq']}"), TIMEOUT)
-            assert error == 0 and json.loads(payload)["seq"] == oldest["seq"]
+            _, payload, error = await call(client, "GetResultById", rid(oldest.result_id), TIMEOUT)
+            assert error == 0 and json.loads(payload)["seq"] == oldest.seq
     run(scenario)
 
 
