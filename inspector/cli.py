@@ -71,6 +71,13 @@ def preflight(cfg: StationConfig) -> list[str]:
     for i, cam in enumerate(cfg.cameras):
         if not cam.drop_folder.is_dir():
             problems.append(f"cameras.{i}.drop_folder: {cam.drop_folder} does not exist yet (created at start)")
+    if cfg.opcua.enabled:
+        import importlib.util
+
+        if importlib.util.find_spec("asyncua") is None:
+            problems.append("opcua.enabled: the opcua extra is not installed (pip install 'rddn-inspector[opcua]')")
+        problems += [f"opcua.certificate_users.{name}: {path} not found"
+                     for name, path in cfg.opcua.certificate_users.items() if not path.is_file()]
     return problems
 
 

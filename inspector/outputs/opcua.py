@@ -3,8 +3,8 @@
 One :class:`~inspector.outputs.base.Output` (config section ``opcua:``). Per committed result the dispatcher calls
 ``publish`` on the commit thread; that only appends the :class:`FrameResult` to a bounded buffer (oldest dropped
 and counted when the server thread falls behind: a PLC fetches any result by id from the database, so nothing is
-lost to a PLC, see below) and wakes the server thread. The asyncua server runs on its own thread
-and event loop: it writes the camera's LastResult variables, raises one ResultReady event, serves
+lost to a PLC, see below), with no system call, and the server thread takes the buffer every POLL_S. The asyncua
+server runs on its own thread and event loop: it writes the camera's LastResult variables, raises one ResultReady event, serves
 GetResultById / GetResultComponentsById from the database on a small thread pool (never on the loop, at most
 ``DB_SLOTS`` at once), and maps the station's health (``state_changed``) onto the vision state machine. No client,
 slow or stuck, can make ``publish`` wait: clients are capped (connections, pending messages, subscriptions,
@@ -43,11 +43,12 @@ from inspector.outputs.opcua_security import (ClientTrustList, EncryptedOnlyServ
 
 log = logging.getLogger("inspector.opcua")
 
-STATE_PERIOD_S = 0.25  # how often the state machine is refreshed (Ready <-> ContinuousExecution)
+POLL_S = 0.01  # the server thread takes pending results this often (publish never wakes it: see publish)
+STATE_PERIOD_S = 0.25  # and refreshes the state machine / checks for clients that stopped reading this often
 EXECUTING_HOLD_S = 2.0  # ContinuousExecution this long after the last result (no flapping between frames)
 DB_SLOTS = 4  # concurrent GetResult database reads; more answer Error=-4 (busy) at once
 CLIENT_BACKLOG_BYTES = 8 << 20  # unread bytes queued for one client before it is disconnected
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 300.0  # the standard address space alone is ~3 s of CPU; a loaded machine is slower
 POLICIES = {"Aes256_Sha256_RsaPss": ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
             "Aes128_Sha256_RsaOaep": ua.SecurityPolicyType.Aes128Sha256RsaOaep_SignAndEncrypt,
             "Basic256Sha256": ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt}
@@ -86,12 +87,10 @@ class OpcUaOutput:
         self.settings = cfg.opcua
         self.application_uri = application_uri(cfg.station)
         self.stats = OutputStats()
-        self.event_latency_ms: deque[float] = deque(maxlen=10_000)  # detection finished -> event raised
         self.bound_endpoint: str | None = None
         self.certificate_thumbprint: str | None = None
         self._pending: deque[FrameResult] = deque()
         self._lock = threading.Lock()
-        self._wake_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._station: StationState | None = None
@@ -147,10 +146,9 @@ class OpcUaOutput:
                 self._pending.popleft()
                 self.stats.dropped += 1
             self._pending.append(result)
-            if self._wake_scheduled:
-                return
-            self._wake_scheduled = True
-        self._wake_loop()
+        # No wake-up here: waking the loop is a socket write, a system call that releases the GIL to the server
+        # thread just woken by it, and the commit thread would wait for the GIL (up to the 5 ms switch interval)
+        # in the middle of its commit. The server thread polls every POLL_S instead.
 
     def state_changed(self, state: StationState) -> None:
         self._station = state
@@ -237,15 +235,19 @@ class OpcUaOutput:
 
     async def _serve(self) -> None:
         assert self._wake is not None and self.space is not None
+        next_state = 0.0
         while not self._stopping:
             try:
-                await asyncio.wait_for(self._wake.wait(), STATE_PERIOD_S)
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
             except TimeoutError:
                 pass
+            woken = self._wake.is_set()  # by state_changed or stop
             self._wake.clear()
             await self._show_pending()
-            await self.space.show_state(self._state())
-            self._drop_stuck_clients()
+            if woken or time.monotonic() >= next_state:
+                await self.space.show_state(self._state())
+                self._drop_stuck_clients()
+                next_state = time.monotonic() + STATE_PERIOD_S
         await self._show_pending()
         await self.space.show_state(self._state())
 
@@ -254,15 +256,13 @@ class OpcUaOutput:
         with self._lock:
             batch = list(self._pending)
             self._pending.clear()
-            self._wake_scheduled = False
         for result in batch:
             try:
                 classes = await self._classes(result)
                 await self.space.show_result(ResultView.from_result(result), classes)
-                if result.detected_at:
-                    self.event_latency_ms.append((time.perf_counter() - result.detected_at) * 1000.0)
                 self.stats.shown += 1
                 self._last_result_at = time.monotonic()
+                await asyncio.sleep(0)  # let subscriptions publish and other requests run between results
             except Exception:  # noqa: BLE001 - one result that cannot be shown must not stop the server
                 self.stats.failed += 1
                 log.exception("OPC UA server cannot show a result", extra={"fields": {"result": result.result_id}})

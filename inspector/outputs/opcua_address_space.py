@@ -145,6 +145,8 @@ class MachineVisionAddressSpace:
         self.mv = 0
         self._event: Any = None
         self._state = VisionState("", "")
+        self._written: dict[str, Any] = {}  # path -> last value written
+        self._node_ids: dict[str, ua.NodeId] = {}
 
     # -- build ------------------------------------------------------------------------------------------------
     async def build(self, session: SessionInfo, get_result_by_id: MethodHandler,
@@ -230,6 +232,7 @@ class MachineVisionAddressSpace:
                          qname: ua.QualifiedName | None = None) -> None:
         var = await parent.add_variable(node_id(path), qname or ua.QualifiedName(path.rsplit(".", 1)[-1], 1),
                                         value, vt)
+        self._written[path] = value
         if isinstance(value, list):
             await var.write_value_rank(1)
 
@@ -240,9 +243,18 @@ class MachineVisionAddressSpace:
         return self._mv(name) if ns == "mv" else ua.QualifiedName(name, 1)
 
     # -- values -----------------------------------------------------------------------------------------------
-    async def _write(self, path: str, value: Any, vt: ua.VariantType, when: datetime | None = None) -> None:
-        now = datetime.now(timezone.utc)
-        await self.server.write_attribute_value(node_id(path), ua.DataValue(
+    async def _write(self, path: str, value: Any, vt: ua.VariantType, when: datetime | None = None,
+                     now: datetime | None = None) -> None:
+        """Write a value (skipped when unchanged: a PLC's data-change subscription fires only on changes anyway,
+        and a result rewrites ~20 variables, mostly with the same camera, position, classes, ...)."""
+        if self._written.get(path, _UNSET) == value:
+            return
+        self._written[path] = value
+        nodeid = self._node_ids.get(path)
+        if nodeid is None:
+            nodeid = self._node_ids[path] = node_id(path)
+        now = now or datetime.now(timezone.utc)
+        await self.server.write_attribute_value(nodeid, ua.DataValue(
             ua.Variant(value, vt), SourceTimestamp=when or now, ServerTimestamp=now))
 
     @staticmethod
@@ -268,13 +280,14 @@ class MachineVisionAddressSpace:
         """LastResult of its camera (ResultId written last: a PLC watching it reads a complete result), the
         station's LastSequence, then one ResultReady event from the VisionSystem (and the Server object)."""
         values = self.fields(view, classes)
+        now = datetime.now(timezone.utc)
         if view.camera in self.cameras:
             prefix = f"Cameras.{view.camera}.LastResult."
             for name, _, vt, _array in _RESULT_FIELDS[1:]:
-                await self._write(prefix + name, values[name], vt, view.created)
-            await self._write(prefix + "ResultId", view.result_id, ua.VariantType.String, view.created)
-        await self._write("LastSequence", view.seq, ua.VariantType.UInt32, view.created)
-        await self._write("LastResultId", view.result_id, ua.VariantType.String, view.created)
+                await self._write(prefix + name, values[name], vt, view.created, now)
+            await self._write(prefix + "ResultId", view.result_id, ua.VariantType.String, view.created, now)
+        await self._write("LastSequence", view.seq, ua.VariantType.UInt32, view.created, now)
+        await self._write("LastResultId", view.result_id, ua.VariantType.String, view.created, now)
         await self._emit(view, values)
 
     async def _emit(self, view: ResultView, values: dict[str, Any]) -> None:
@@ -308,6 +321,7 @@ class MachineVisionAddressSpace:
         return True
 
 
+_UNSET = object()
 # Value of a field before the first result / when GetResultComponentsById finds none (DateTime: OPC UA's minimum).
 _EMPTY: dict[ua.VariantType, Any] = {ua.VariantType.String: "", ua.VariantType.Int32: 0, ua.VariantType.UInt32: 0,
                                      ua.VariantType.Boolean: False,

@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 T = TypeVar("T")
 MV = "http://opcfoundation.org/UA/MachineVision"
-TIMEOUT_S = 20.0
+TIMEOUT_S = 120.0  # per request; generous: the tests share 2 cores with whatever else runs
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,28 @@ class EventLog:
         return self.events
 
 
+async def eventually(check: Callable[[], Any], timeout: float = TIMEOUT_S) -> None:
+    """Wait until ``check()`` (sync, or returning an awaitable) is true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = check()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {getattr(check, '__name__', check)}")
+        await asyncio.sleep(0.05)
+
+
 def values(fields: dict[str, Any]) -> dict[str, Any]:
     """Event fields by plain name (``ResultId``) -> python values."""
     return {name.split(":")[-1].split("/")[-1]: (v.Value if isinstance(v, ua.Variant) else v)
             for name, v in fields.items()}
 
 
-def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 60.0) -> T:
+def run(coro_fn: Callable[[], Coroutine[Any, Any, T]], timeout: float = 300.0) -> T:
     async def bounded() -> T:
         return await asyncio.wait_for(coro_fn(), timeout)
     return asyncio.run(bounded())

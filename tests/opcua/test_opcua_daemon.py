@@ -19,7 +19,7 @@ from inspector.daemon import Daemon
 from inspector.db.models import ResultRow
 from inspector.demo.frames import demo_spec, encode_jpeg, make_frame, position_templates
 from inspector.outputs.opcua_security import hash_password
-from opcua_client import make_identity, run
+from opcua_client import eventually, make_identity, run
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 PASSWORD = "line1-plc-password"
@@ -41,7 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+def wait_for(predicate: Callable[[], bool], timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "condition not met in time"
@@ -105,17 +105,14 @@ def test_plc_misses_nothing_across_a_daemon_restart(tmp_path: Path) -> None:
                 await plc_code["subscribe"](client, events)
                 for serial, kind in (("s1", "ok"), ("s2", "defect"), ("s3", "corrupt")):
                     line.drop(serial, kind)
-                for _ in range(600):
-                    if len(events.results) >= 3:
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually(lambda: len(events.results) >= 3)
                 await asyncio.sleep(0.3)
                 assert [(e["Serial"], e["Verdict"]) for e in events.results] == [
                     ("s1", "OK"), ("s2", "NG"), ("s3", "NOT_INSPECTED")]
                 handled.extend(e["ResultId"] for e in events.results)
             finally:
                 await client.disconnect()
-        run(live, timeout=120)
+        run(live)
         line.drop("s4", "defect")  # the PLC is away: committed, no one listening on OPC UA
         line.drop("s5", "ok")
         wait_for(lambda: len(results_in_db(first)) == 5 and first.wait_idle(0.1))
@@ -135,7 +132,7 @@ def test_plc_misses_nothing_across_a_daemon_restart(tmp_path: Path) -> None:
                 return await plc_code["missed"](client, handled[-1])
             finally:
                 await client.disconnect()
-        missed = run(come_back, timeout=120)
+        missed = run(come_back)
         handled.extend(f"{r['session']}:{r['seq']}" for r in missed)
 
         stored = results_in_db(second)

@@ -18,7 +18,7 @@ from inspector.config import ConfigError, parse_station_config
 from inspector.outputs import opcua as opcua_module
 from inspector.outputs.opcua_security import (LoginLimiter, StationUserManager, certificate_uris,
                                               ensure_server_certificate, hash_password, thumbprint, verify_password)
-from opcua_client import Identity, connect, make_identity, refusal, run
+from opcua_client import Identity, connect, eventually, make_identity, refusal, run
 from station_side import Station
 
 PASSWORD = "correct horse battery staple"
@@ -157,10 +157,7 @@ def test_a_client_that_stops_reading_is_disconnected(secured: Secured, monkeypat
         before = secured.output.stats.disconnected
         monkeypatch.setattr(opcua_module, "CLIENT_BACKLOG_BYTES", -1)
         try:
-            for _ in range(100):
-                if secured.output.stats.disconnected > before:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(lambda: secured.output.stats.disconnected > before)
         finally:
             monkeypatch.setattr(opcua_module, "CLIENT_BACKLOG_BYTES", 8 << 20)
         assert secured.output.stats.disconnected > before

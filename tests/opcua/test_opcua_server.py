@@ -20,7 +20,7 @@ from inspector.outputs import opcua as opcua_module
 from inspector.outputs.opcua import vision_state
 from inspector.outputs.opcua_address_space import parse_result_id
 from inspector.outputs.opcua_security import hash_password
-from opcua_client import MV, EventLog, connect, run, values
+from opcua_client import MV, EventLog, connect, eventually, run, values
 from station_side import CLASSES, Station
 
 SESSION = str(uuid.uuid4())  # for parse_result_id
@@ -220,11 +220,9 @@ def test_state_machine_follows_the_station(station: Station, monkeypatch: pytest
         return top.Text, mode.Text, await node(client, "StateReason").read_value()
 
     async def becomes(client: Any, expected: tuple[str, str, str]) -> None:
-        for _ in range(200):
-            if await state(client) == expected:
-                return
-            await asyncio.sleep(0.05)
-        assert await state(client) == expected
+        async def reached() -> bool:
+            return await state(client) == expected
+        await eventually(reached)
 
     async def scenario() -> None:
         async with await plc_client(station) as client:
@@ -279,11 +277,9 @@ def test_publish_never_waits_for_a_stuck_server_thread(station: Station) -> None
 
     async def scenario() -> None:
         async with await plc_client(station) as client:
-            for _ in range(100):
-                if await node(client, "LastSequence").read_value() == sent[-1].seq:
-                    break
-                await asyncio.sleep(0.05)
-            assert await node(client, "LastSequence").read_value() == sent[-1].seq
+            async def caught_up() -> bool:
+                return await node(client, "LastSequence").read_value() == sent[-1].seq
+            await eventually(caught_up)
             assert station.output.stats.shown - shown_before == QUEUE
             oldest = sent[0]  # dropped from the buffer, still served by id
             _, payload, error = await call(client, "GetResultById", rid(oldest.result_id), TIMEOUT)
