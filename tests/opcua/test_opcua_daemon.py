@@ -124,15 +124,19 @@ def test_plc_misses_nothing_across_a_daemon_restart(tmp_path: Path) -> None:
         line.drop("s6", "ok")
         wait_for(lambda: len(results_in_db(second)) == 6 and second.wait_idle(0.1))
 
-        async def come_back() -> list[dict[str, Any]]:
+        async def come_back() -> tuple[list[dict[str, Any]], list[Any]]:
             client = await connect()
             try:
                 events = plc_code["OnResult"]()
                 await plc_code["subscribe"](client, events)
-                return await plc_code["missed"](client, handled[-1])
+                names = ("Session", "PreviousSession", "PreviousLastSequence", "LastSequence")
+                told = [await plc_code["node"](client, f"VisionSystem.{n}").read_value() for n in names]
+                return await plc_code["missed"](client, handled[-1]), told
             finally:
                 await client.disconnect()
-        missed = run(come_back)
+        missed, told = run(come_back)
+        old_session = handled[0].rsplit(":", 1)[0]
+        assert told == [second.sequencer.session_id, old_session, 5, 1]  # results, not alarms (2 in that run)
         handled.extend(f"{r['session']}:{r['seq']}" for r in missed)
 
         stored = results_in_db(second)
