@@ -187,7 +187,7 @@ def main() -> int:
     ready, (parent, child) = ctx.Event(), ctx.Pipe()
     plc = ctx.Process(target=plc_process, args=(endpoint, uri, str(cert), str(key), args.publishing_ms, ready, child))
     plc.start()
-    assert ready.wait(120), "PLC client did not subscribe"
+    assert ready.wait(900), "PLC client did not subscribe"
 
     # 1. paced frames through the whole daemon
     paced_wall, publish_ms = feed(daemon, pool, args.frames, args.rate)
