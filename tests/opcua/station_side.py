@@ -38,7 +38,7 @@ class StationDb:
         upgrade_database(self.engine)
         self.factory = make_session_factory(self.engine)
         self.camera_ids = ensure_station(self.factory, cfg)
-        model_id = register_model(self.factory, "ab" * 32, "difference", "n/a", None, CLASSES)
+        model_id = register_model(self.factory, "ab" * 32, "difference", "n/a", None, CLASSES, "config")
         self.model = ModelRef(id=model_id, sha256="ab" * 32, backend="difference", precision="n/a")
         self.session = open_session(self.factory, cfg.station)
         self.sequencer = SessionSequencer(self.session.id)
