@@ -12,22 +12,30 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from inspector.config import ConfigError, StationConfig, load_station_config
 from inspector.review import FRAME_STATES
 
 
 def parse_time(text: str) -> datetime:
-    """ISO date/datetime (UTC if no zone) or a relative age: ``90m``, ``24h``, ``7d``."""
+    """ISO date/datetime or a relative age: ``90m``, ``24h``, ``7d``. A time without a UTC offset stays naive:
+    the command reads it in its ``--timezone`` (UTC by default)."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if match:
         unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
         return datetime.now(timezone.utc) - timedelta(**{unit: float(match.group(1))})
     try:
-        value = datetime.fromisoformat(text)
+        return datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use ISO 2026-01-31[T12:00] or 24h / 7d)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (use ISO 2026-01-31[T12:00][+01:00] or 24h / 7d)") from None
+
+
+def parse_zone(text: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {text!r} (an IANA name: UTC, Europe/Berlin)") from None
 
 
 def _load(path: str) -> StationConfig:
@@ -37,17 +45,17 @@ def _load(path: str) -> StationConfig:
 # -- commands ------------------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from inspector.daemon import Daemon
-    from inspector.logging_json import configure_logging
+    from inspector.logging_json import NativeStderrToJson, configure_logging
 
-    configure_logging(args.log_level)
+    handler = configure_logging(args.log_level)
     cfg = _load(args.config)
-    try:
-        return Daemon(cfg, config_path=Path(args.config)).run_forever()
-    except (OSError, RuntimeError, ValueError) as exc:  # artifact missing, port taken, DB unreachable, ...
-        logging.getLogger("inspector.daemon").error("inspection failed to start", extra={"fields": {
-            "config": args.config, "error": f"{type(exc).__name__}: {exc}"}})
-        print(f"error: {args.config}: inspection failed to start: {exc}", file=sys.stderr)
-        return 1
+    with NativeStderrToJson(handler):  # the journal gets JSON only, native libraries' lines included
+        try:
+            return Daemon(cfg, config_path=Path(args.config)).run_forever()
+        except (OSError, RuntimeError, ValueError) as exc:  # artifact missing, port taken, DB unreachable, ...
+            logging.getLogger("inspector.daemon").error("inspection failed to start", extra={"fields": {
+                "config": args.config, "error": f"{type(exc).__name__}: {exc}"}})
+            return 1
 
 
 def preflight(cfg: StationConfig) -> list[str]:
@@ -182,8 +190,8 @@ def cmd_templates_list(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from inspector.db.migrate import upgrade_database
     from inspector.db.session import make_engine, make_session_factory
-    from inspector.history import (HistoryFilter, as_records, query_history, query_review_events, render,
-                                   summary_per_class, summary_per_day)
+    from inspector.history import (HistoryFilter, as_records, check_names, query_history, query_review_events,
+                                   render, summary_per_class, summary_per_day)
 
     station = args.station
     if args.db:
@@ -193,21 +201,27 @@ def cmd_history(args: argparse.Namespace) -> int:
         url, station = cfg.db_url, station or cfg.station
     else:
         raise ConfigError("history: give --config FILE or --db URL")
+    if args.limit < 1:
+        raise ConfigError(f"history: --limit counts frames and must be at least 1, not {args.limit}")
+    zone = args.timezone
+    since, until = ((t.replace(tzinfo=zone) if t is not None and t.tzinfo is None else t)
+                    for t in (args.since, args.until))
     engine = make_engine(url)
     upgrade_database(engine)
-    f = HistoryFilter(station=station, camera=args.camera, position=args.position, cls=args.cls, since=args.since,
-                      until=args.until, min_score=args.min_score, status=args.status, review=args.review,
+    f = HistoryFilter(station=station, camera=args.camera, position=args.position, cls=args.cls, since=since,
+                      until=until, min_score=args.min_score, status=args.status, review=args.review,
                       limit=args.limit)
     try:
         with make_session_factory(engine)() as db:
+            check_names(db, f)
             if args.reviews:
-                print(render(query_review_events(db, f), args.format))
+                print(render(query_review_events(db, f, zone), args.format))
             elif args.summary in ("class", "day", "both"):
                 out: dict[str, object] = {}
                 if args.summary in ("class", "both"):
                     out["per_class"] = summary_per_class(db, f)
                 if args.summary in ("day", "both"):
-                    out["per_day"] = summary_per_day(db, f)
+                    out["per_day"] = summary_per_day(db, f, zone)
                 if args.format == "json":
                     print(json.dumps(out, indent=2))
                 else:
@@ -216,7 +230,7 @@ def cmd_history(args: argparse.Namespace) -> int:
                             print(f"== {title.replace('_', ' ')} ==")
                         print(render(records, args.format))
             else:
-                print(render(as_records(query_history(db, f)), args.format))
+                print(render(as_records(query_history(db, f, zone)), args.format))
     finally:
         engine.dispose()
     return 0
@@ -359,14 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera")
     p.add_argument("--position")
     p.add_argument("--class", dest="cls")
-    p.add_argument("--since", type=parse_time, help="ISO time or age (24h, 7d)")
+    p.add_argument("--since", type=parse_time, help="ISO time or age (24h, 7d); without an offset: in --timezone")
     p.add_argument("--until", type=parse_time)
     p.add_argument("--min-score", type=float)
     p.add_argument("--status", choices=("ok", "defective", "quarantined"))
     p.add_argument("--review", choices=FRAME_STATES, help="frames in this review state")
     p.add_argument("--reviews", action="store_true",
                    help="list the review decisions (who, when, what; --since/--until: decision time)")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--limit", type=int, default=1000, help="at most this many frames (newest first), all their rows")
+    p.add_argument("--timezone", type=parse_zone, default=ZoneInfo("UTC"),
+                   help="show times in this zone (IANA name; default UTC); every time carries its UTC offset")
     p.add_argument("--summary", choices=("none", "class", "day", "both"), default="none")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=cmd_history)
@@ -424,9 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except ValueError as exc:
+        from inspector.history import HistoryError
         from inspector.templates import TemplateError
 
-        if isinstance(exc, TemplateError):
+        if isinstance(exc, (TemplateError, HistoryError)):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

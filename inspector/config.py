@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -231,7 +232,12 @@ class CameraConfig(_Strict):
     template_store: Path | None = None  # default <state_dir>/templates/<camera>
     observer: Literal["inotify", "polling"] = "inotify"
     poll_interval_s: float = Field(1.0, gt=0)
-    stable_s: float = Field(0.5, ge=0)  # polling: size and mtime unchanged this long -> complete
+    # A frame is taken once its size, mtime and ctime have been unchanged for ``stable_s`` (whatever the observer:
+    # a close event alone proves nothing) and its bytes are whole; a file that stays unchanged but not whole for
+    # ``incomplete_after_s`` is quarantined as incomplete.
+    stable_s: float = Field(0.5, gt=0)
+    incomplete_after_s: float = Field(30.0, gt=0)
+    timestamp_timezone: str = "UTC"  # zone of timestamps in names that carry no UTC offset (IANA name)
 
     @field_validator("pattern")
     @classmethod
@@ -251,6 +257,26 @@ class CameraConfig(_Strict):
     @classmethod
     def _lower_dot(cls, value: list[str]) -> list[str]:
         return [e.lower() if e.startswith(".") else "." + e.lower() for e in value]
+
+    @field_validator("timestamp_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone '{value}' (use an IANA name such as UTC or Europe/Berlin)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _incomplete_after_settle(self) -> "CameraConfig":
+        if self.incomplete_after_s < self.stable_s:
+            raise ValueError(f"incomplete_after_s ({self.incomplete_after_s}) must be at least stable_s "
+                             f"({self.stable_s})")
+        return self
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timestamp_timezone)
 
 
 class StationConfig(_Strict):

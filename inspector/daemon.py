@@ -18,6 +18,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -30,6 +31,7 @@ from inspector.backends import load_backend
 from inspector.backends.base import DetectorBackend
 from inspector.config import ConfigError, DetectorConfig, StationConfig, load_station_config
 from inspector.db import BusSession, make_engine, make_session_factory, upgrade_database
+from inspector.db.writer import DbWriter
 from inspector.db.records import ensure_station, register_model
 from inspector.drift import DriftTracker
 from inspector.ingest import FrameJob, FrameQueue
@@ -40,7 +42,7 @@ from inspector.outputs.result import ModelRef
 from inspector.outputs.session import SessionSequencer, open_session
 from inspector.outputs.zeromq import ZeroMQOutput
 from inspector.pipeline import FrameOutcome, Pipeline
-from inspector.reconcile import reconcile, scan_drop_folder
+from inspector.reconcile import scan_drop_folder
 from inspector.resources import (ResourceExhausted, describe, ensure_fd_headroom, fd_pressure,
                                  is_resource_exhaustion)
 from inspector.sdnotify import PipelineSnapshot, ProgressMonitor, SdNotifier, WatchdogPinger, watchdog_interval
@@ -168,6 +170,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
+        if getattr(self, "writer", None) is not None:
+            self.writer.close()
         if getattr(self, "engine", None) is not None:
             self.engine.dispose()
         self.state = HealthState.STOPPED
@@ -183,22 +187,23 @@ class Daemon:
         for name in ("processed", "quarantine", "annotated", "templates"):
             cfg.dir_for(name).mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
         self.engine = make_engine(cfg.db_url)
-        self.factory = make_session_factory(self.engine)
+        self.factory = make_session_factory(self.engine)  # reads
+        self.writer = DbWriter(self.engine)  # every write from here on (docs/operations.md: one writer)
         self.camera_ids = self._wait_for_database(
-            lambda: (upgrade_database(self.engine), ensure_station(self.factory, cfg))[1])
+            lambda: (upgrade_database(self.engine), ensure_station(self.writer, cfg))[1])
         self.templates = TemplateStore(cfg, self.factory, self.camera_ids, recheck_s=cfg.templates.recheck_s)
         self.drift = DriftTracker(cfg.templates.drift, self.factory, self.camera_ids,
-                                  on_update=self.metrics.template_drift)
+                                  on_update=self.metrics.template_drift, writer=self.writer)
         self.notifier.extend_timeout(cfg.supervision.load_timeout_s)  # a TensorRT engine build may take minutes
         self.backend = self._supervised_backend(cfg)
         self.model = self._wait_for_database(lambda: self._register_backend(self.backend))
-        session = self._wait_for_database(lambda: open_session(self.factory, cfg.station))
+        session = self._wait_for_database(lambda: open_session(self.writer, cfg.station))
         self.sequencer = SessionSequencer(session.id)
         self.outputs = build_outputs(cfg)
         self.outputs.start(OutputContext(cfg.station, session, self.factory, health=self.health_summary,
-                                         last_seqs=self.sequencer.last))
+                                         last_seqs=self.sequencer.last, writer=self.writer))
         self.station_health.subscribe(self._on_health_change)
-        self.pipeline = Pipeline(cfg, self.factory, self.camera_ids, self.templates, self.backend, self.model,
+        self.pipeline = Pipeline(cfg, self.factory, self.writer, self.camera_ids, self.templates, self.backend, self.model,
                                  self.sequencer, self.outputs)
         self.pipeline.frame_hooks.append(self._on_frame)
         self.pipeline.stage_hooks.append(self.metrics.observe_stage)  # hooks get (stage, seconds)
@@ -212,7 +217,7 @@ class Daemon:
                          threading.Thread(target=self._supervisor, name="supervisor", daemon=True)]
         self._threads[0].start()
         self._start_watchers()
-        self.reconcile_all(min_age_s=0.0)
+        self.reconcile_all()
         self._threads[1].start()
         self.state = HealthState.HEALTHY
         self.metrics.set_health("healthy")
@@ -297,7 +302,7 @@ class Daemon:
 
     def _register_backend(self, backend: DetectorBackend) -> ModelRef:
         sha, precision = backend_identity(self.cfg, backend)
-        model_id = register_model(self.factory, sha, self.cfg.detector.backend, precision,
+        model_id = register_model(self.writer, sha, self.cfg.detector.backend, precision,
                                   str(self.cfg.detector.artifact) if self.cfg.detector.artifact else None,
                                   list(backend.class_names), model_verification(self.cfg.detector))
         return ModelRef(id=model_id, sha256=sha, backend=self.cfg.detector.backend, precision=precision)
@@ -314,11 +319,12 @@ class Daemon:
         self.watchers = {}
 
     # -- work ----------------------------------------------------------------------------------------------
-    def offer(self, camera: str, path: Path, source: str) -> bool:
-        return self.queue.offer(camera, Path(path), source)
+    def offer(self, job: FrameJob) -> bool:
+        return self.queue.offer(job)
 
-    def reconcile_all(self, min_age_s: float) -> int:
-        return sum(reconcile(cam, self.offer, min_age_s) for cam in self.cfg.cameras)
+    def reconcile_all(self) -> int:
+        """Let every watcher look at its whole folder (what arrived unseen); returns the entries found."""
+        return sum(watcher.rescan() for watcher in list(self.watchers.values()))
 
     def _on_frame(self, outcome: FrameOutcome) -> None:
         self.last_frame_at = datetime.now(timezone.utc)
@@ -350,12 +356,14 @@ class Daemon:
                     self._commit_one(job, future)
 
     def _commit_one(self, job: FrameJob, future: Future) -> None:
-        """Commit one analysed frame; a DB or detector outage keeps the frame and retries it with backoff."""
+        """Commit one analysed frame; a DB or detector outage keeps the frame and retries it with backoff. A
+        frame refused by the database for its own data is quarantined by the pipeline and is no outage."""
         self.in_flight = job
         retry_after = 0.0
+        not_ready = False
         try:
             assert self.pipeline is not None
-            self.pipeline.commit(future.result())
+            not_ready = self.pipeline.commit(future.result()).status == "not_ready"
             if self._db_backoff.attempts:
                 self._db_backoff.reset()
                 self.station_health.recover("database")
@@ -379,12 +387,16 @@ class Daemon:
             self.in_flight = None
             if not retry_after:
                 self.queue.done(job)
+        if not_ready and job.camera in self.watchers:  # still being written: the watcher tracks it again
+            self.watchers[job.camera].not_ready(job)
         if retry_after:
             # The frame stays "busy" (pending) through the wait, so the watchdog sees work waiting, not idleness.
             self._stop_worker.wait(retry_after)
             self.queue.done(job)
             if not self._stop_worker.is_set():
-                self.offer(job.camera, job.path, "retry")
+                if not self.offer(replace(job, source="retry", offered_at=time.perf_counter())):
+                    if job.camera in self.watchers:  # queue full: the watcher offers it again
+                        self.watchers[job.camera].observe(job.path, "retry")
 
     def _database_failure(self, job: FrameJob, exc: SQLAlchemyError) -> float:
         """The DB is unavailable (locked by another writer, server down): the frame is fine and stays in the drop
@@ -422,14 +434,10 @@ class Daemon:
                     if watcher.ensure_alive():
                         self.errors["observer_restarts"] += 1
                         self.state = HealthState.DEGRADED
-                        # frames written while the folder had no watch produced no events: take them now
-                        reconcile(watcher.camera, self.offer, 0.0)
+                        watcher.rescan()  # frames written while the folder had no watch produced no events
                 now = time.monotonic()
                 if now >= next_reconcile:
-                    stable = max([c.stable_s for c in self.cfg.cameras] + [0.5])
-                    queued = self.reconcile_all(min_age_s=2 * stable)
-                    if queued:
-                        log.warning("reconcile found frames without events", **log_fields(count=queued))
+                    self.reconcile_all()
                     next_reconcile = now + self.cfg.reconcile_interval_s
                 if now >= next_retention:
                     self.apply_retention()
@@ -477,7 +485,7 @@ class Daemon:
             old.close()
         cameras_changed = new.cameras != self.cfg.cameras
         self.cfg = new
-        self.camera_ids.update(ensure_station(self.factory, new))
+        self.camera_ids.update(ensure_station(self.writer, new))
         self.templates.cfg = new
         self.templates.recheck_s = new.templates.recheck_s
         self.drift.cfg = new.templates.drift
@@ -486,7 +494,7 @@ class Daemon:
         if cameras_changed:
             self._stop_watchers()
             self._start_watchers()
-            self.reconcile_all(min_age_s=0.0)
+            self.reconcile_all()
         log.info("configuration reloaded", **log_fields(config=str(self.config_path)))
         return True
 
@@ -504,7 +512,7 @@ class Daemon:
             last = self.sequencer.last()
             self.outputs.stop()
             try:
-                with self.factory.begin() as db:
+                with self.writer.begin() as db:
                     db.execute(update(BusSession).where(BusSession.id == self.sequencer.session_id)
                                .values(stopped_at=datetime.now(timezone.utc)))
             except SQLAlchemyError:
@@ -519,6 +527,7 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
+        self.writer.close()
         self.engine.dispose()
         self.state = HealthState.STOPPED
 
@@ -527,8 +536,7 @@ class Daemon:
         """True once nothing is queued or in flight (tests, benchmark, demo shutdown)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.queue.busy() == 0 and not any(
-                    w._pending for w in self.watchers.values()):
+            if self.queue.busy() == 0 and not any(w.pending_count() for w in self.watchers.values()):
                 return True
             time.sleep(0.01)
         return False
@@ -541,7 +549,7 @@ class Daemon:
             if self.wait_idle(max(0.0, deadline - time.monotonic())) and not any(
                     scan_drop_folder(cam) for cam in self.cfg.cameras):
                 return True
-            self.reconcile_all(min_age_s=0.0)
+            self.reconcile_all()
             time.sleep(0.05)
         return False
 

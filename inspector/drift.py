@@ -37,6 +37,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.db.models import Frame, Template
+from inspector.db.writer import Transactions
 
 log = logging.getLogger("inspector.drift")
 
@@ -107,9 +108,10 @@ class DriftTracker:
     supervisor, ``states`` from anywhere."""
 
     def __init__(self, cfg: DriftConfig, factory: sessionmaker[Session], camera_ids: dict[str, int],
-                 on_update: UpdateHook | None = None) -> None:
+                 on_update: UpdateHook | None = None, writer: Transactions | None = None) -> None:
         self.cfg = cfg
-        self.factory = factory
+        self.factory = factory  # reads
+        self.writer = writer or factory  # the persisted states: the daemon passes its one DbWriter
         self.camera_ids = camera_ids
         self.on_update = on_update
         self._positions: dict[tuple[str, str], _Position] = {}
@@ -198,7 +200,7 @@ class DriftTracker:
             return 0
         stamp = datetime.now(timezone.utc)
         try:
-            with self.factory.begin() as db:
+            with self.writer.begin() as db:
                 for template_id, baseline, recent, frames, drifted in rows:
                     db.execute(update(Template).where(Template.id == template_id).values(
                         residual_baseline=baseline, residual_recent=recent, residual_frames=frames, drifted=drifted,

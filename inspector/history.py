@@ -2,8 +2,11 @@
 
 One query builder (filters: station, camera, position, class, time range, min score, status, review state)
 feeding three renderings (aligned table, CSV, JSON), two summaries (detections per class, frames per day and
-status) and the review log (who decided what, when: ``--reviews``). Every row carries the frame's review state
-and the detection's verdict, derived from the append-only review events (``inspector.review``).
+status) and the review log (who decided what, when: ``--reviews``). Rows are per detection (a frame without
+detections: one row), but ``limit`` counts *frames*: the newest ``limit`` frames that pass the filters, with all
+their matching detections. Every row carries the frame's alarm (severity, bus session and sequence number), its
+review state and the detection's verdict (derived from the append-only review events, ``inspector.review``);
+every time carries its UTC offset (shown in ``zone``, UTC by default).
 """
 from __future__ import annotations
 
@@ -11,14 +14,18 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timezone, tzinfo
 from typing import Iterable, Literal
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from inspector.db.models import Camera, DetectionRow, Frame, FrameReview, ModelRecord, ReviewEvent
+from inspector.db.models import Alarm, Camera, DetectionRow, Frame, FrameReview, ModelRecord, ReviewEvent, Station
 from inspector.review import review_states
+
+
+class HistoryError(ValueError):
+    """The query names something the database does not know (a station or camera): an error, not "no rows"."""
 
 
 @dataclass(frozen=True)
@@ -32,25 +39,45 @@ class HistoryFilter:
     min_score: float | None = None
     status: str | None = None
     review: str | None = None  # unreviewed | partial | confirmed | false_call | corrected
-    limit: int = 1000
+    limit: int = 1000  # frames
 
 
 @dataclass(frozen=True)
 class HistoryRow:
     frame_id: int
     processed_at: str
+    captured_at: str | None
     camera: str
     position: str | None
     serial: str | None
     frame: str
     status: str
+    severity: str | None
+    session: str | None
+    seq: int | None
     cls: str | None
     score: float | None
     box: str | None
+    reason_code: str | None
     reason: str | None
     review: str  # the frame's review state
     verdict: str | None  # the detection's: confirmed | false_call | wrong_class:<class> | unreviewed
     model_verification: str | None  # signature | sha256 | unverified | config (see ModelRecord)
+
+
+def check_names(db: Session, f: HistoryFilter) -> None:
+    """Raise ``HistoryError`` naming what exists when ``f`` asks for an unknown station or camera."""
+    stations = list(db.scalars(select(Station.id).order_by(Station.id)))
+    if f.station is not None and f.station not in stations:
+        raise HistoryError(f"no station '{f.station}' in this database (stations: {', '.join(stations) or 'none'})")
+    if f.camera is not None:
+        query = select(Camera.name).distinct().order_by(Camera.name)
+        if f.station is not None:
+            query = query.where(Camera.station_id == f.station)
+        cameras = list(db.scalars(query))
+        if f.camera not in cameras:
+            where = f" at station '{f.station}'" if f.station else ""
+            raise HistoryError(f"no camera '{f.camera}'{where} (cameras: {', '.join(cameras) or 'none'})")
 
 
 def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
@@ -81,28 +108,45 @@ def _filtered(query: Select, f: HistoryFilter, join_detections: bool) -> Select:
     return query
 
 
-def query_history(db: Session, f: HistoryFilter) -> list[HistoryRow]:
-    """One row per detection (frames without detections: one row with empty class), newest first."""
-    query = _filtered(select(Frame, Camera.name, DetectionRow, ModelRecord.verification), f, True)
-    query = query.outerjoin(ModelRecord, ModelRecord.id == Frame.model_id)
-    query = query.order_by(Frame.processed_at.desc(), Frame.id.desc()).limit(f.limit)
+def _shown(when: datetime | None, zone: tzinfo) -> str | None:
+    return when.astimezone(zone).isoformat(timespec="seconds") if when is not None else None
+
+
+def query_history(db: Session, f: HistoryFilter, zone: tzinfo = timezone.utc) -> list[HistoryRow]:
+    """One row per (matching) detection, frames without detections as one row; the newest ``f.limit`` frames."""
+    detection_filter = bool(f.cls or f.min_score is not None)
+    newest = (_filtered(select(Frame.id, Frame.processed_at), f, detection_filter).distinct()
+              .order_by(Frame.processed_at.desc(), Frame.id.desc()).limit(f.limit).subquery())
+    query = (select(Frame, Camera.name, DetectionRow, Alarm, ModelRecord.verification)
+             .join(newest, newest.c.id == Frame.id)
+             .join(Camera, Camera.id == Frame.camera_id)
+             .outerjoin(DetectionRow, DetectionRow.frame_id == Frame.id)
+             .outerjoin(Alarm, Alarm.frame_id == Frame.id)
+             .outerjoin(ModelRecord, ModelRecord.id == Frame.model_id))
+    if f.cls:
+        query = query.where(DetectionRow.class_name == f.cls)
+    if f.min_score is not None:
+        query = query.where(DetectionRow.score >= f.min_score)
+    query = query.order_by(Frame.processed_at.desc(), Frame.id.desc(), DetectionRow.score.desc(), DetectionRow.id)
     found = db.execute(query).all()
-    states = review_states(db, list({frame.id: frame for frame, _, _, _ in found}.values()))
+    states = review_states(db, list({frame.id: frame for frame, *_ in found}.values()))
     rows = []
-    for frame, camera, det, verification in found:
+    for frame, camera, det, alarm, verification in found:
         state = states[frame.id]
         verdict = state.detections[det.id] if det else None
         rows.append(HistoryRow(
-            frame.id, frame.processed_at.isoformat(timespec="seconds"), camera, frame.position, frame.serial,
-            frame.name, frame.status, det.class_name if det else None, round(det.score, 4) if det else None,
-            f"{det.x1:.0f},{det.y1:.0f},{det.x2:.0f},{det.y2:.0f}" if det else None, frame.reason, state.state,
-            None if verdict is None else
+            frame.id, _shown(frame.processed_at, zone), _shown(frame.captured_at, zone), camera,  # type: ignore[arg-type]
+            frame.position, frame.serial, frame.name, frame.status, alarm.severity if alarm else None,
+            alarm.session_id if alarm else None, alarm.seq if alarm else None, det.class_name if det else None,
+            round(det.score, 4) if det else None,
+            f"{det.x1:.0f},{det.y1:.0f},{det.x2:.0f},{det.y2:.0f}" if det else None, frame.reason_code,
+            frame.reason, state.state, None if verdict is None else
             (f"wrong_class:{verdict.class_name}" if verdict.state == "wrong_class" else verdict.state),
             verification))
     return rows
 
 
-def query_review_events(db: Session, f: HistoryFilter) -> list[dict[str, object]]:
+def query_review_events(db: Session, f: HistoryFilter, zone: tzinfo = timezone.utc) -> list[dict[str, object]]:
     """The review log, newest first: one row per decision. ``since``/``until`` apply to the decision time,
     the other filters to the frame."""
     query = _filtered(select(ReviewEvent, Frame.name, Camera.name).join(Frame, Frame.id == ReviewEvent.frame_id),
@@ -115,7 +159,7 @@ def query_review_events(db: Session, f: HistoryFilter) -> list[dict[str, object]
     if f.cls:
         query = query.where(ReviewEvent.class_name == f.cls)
     query = query.order_by(ReviewEvent.id.desc()).limit(f.limit)
-    return [{"event": e.id, "at": e.created_at.isoformat(timespec="seconds"), "reviewer": e.reviewer,
+    return [{"event": e.id, "at": _shown(e.created_at, zone), "reviewer": e.reviewer,
              "frame_id": e.frame_id, "camera": camera, "frame": name, "detection_id": e.detection_id,
              "action": e.action, "class": e.class_name, "target_event": e.target_event_id,
              "box": None if e.x1 is None else f"{e.x1:.0f},{e.y1:.0f},{e.x2:.0f},{e.y2:.0f}", "comment": e.comment}
@@ -129,14 +173,14 @@ def summary_per_class(db: Session, f: HistoryFilter) -> list[dict[str, object]]:
     return [{"class": c, "detections": n, "frames": nf, "max_score": round(m, 4)} for c, n, nf, m in db.execute(query)]
 
 
-def summary_per_day(db: Session, f: HistoryFilter) -> list[dict[str, object]]:
-    """Frames per UTC day and status (dates computed in Python: portable across SQLite and PostgreSQL)."""
+def summary_per_day(db: Session, f: HistoryFilter, zone: tzinfo = timezone.utc) -> list[dict[str, object]]:
+    """Frames per day (in ``zone``) and status (dates computed in Python: portable across SQLite and PostgreSQL)."""
     counts: dict[tuple[str, str], int] = {}
-    query = _filtered(select(Frame.processed_at, Frame.status), f, bool(f.cls or f.min_score is not None))
+    query = _filtered(select(Frame.id, Frame.processed_at, Frame.status), f, bool(f.cls or f.min_score is not None))
     if f.cls or f.min_score is not None:
         query = query.distinct()
-    for when, status in db.execute(query):
-        key = (when.date().isoformat(), status)
+    for _, when, status in db.execute(query):
+        key = (when.astimezone(zone).date().isoformat(), status)
         counts[key] = counts.get(key, 0) + 1
     days: dict[str, dict[str, object]] = {}
     for (day, status), n in sorted(counts.items()):

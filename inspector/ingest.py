@@ -1,8 +1,8 @@
-"""The work queue between watchers/reconciler and the pipeline worker.
+"""The work queue between the watchers' stability trackers and the pipeline worker.
 
-Events arrive more than once (close + move, an event and the reconciler seeing the same file); the queue keeps
-a path at most once between "offered" and "done" so a frame is not processed twice concurrently. Cross-restart
-idempotency is the database's job (unique camera, name, sha256).
+A file can be judged stable more than once (a retry after a database outage, a rewrite under the same name); the
+queue keeps a path at most once between "offered" and "done" so a frame is not processed twice concurrently.
+Cross-restart idempotency is the database's job (unique camera, name, sha256).
 """
 from __future__ import annotations
 
@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from inspector.frame_file import FileSignature
+
 
 @dataclass(frozen=True)
 class FrameJob:
     camera: str
     path: Path
-    source: str  # "event" | "reconcile" | "poll"
+    source: str  # "event" | "poll" | "reconcile" | "retry"
+    # The version judged stable (None: taken as it is, e.g. a direct ``Pipeline.process`` call) and since when
+    # (monotonic) it has been unchanged: the pipeline reads exactly that version, and calls a file incomplete
+    # only once it has been unchanged for the camera's ``incomplete_after_s``.
+    signature: FileSignature | None = None
+    unchanged_since: float = field(default_factory=time.monotonic)
     offered_at: float = field(default_factory=time.perf_counter)
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
@@ -29,20 +36,20 @@ class FrameQueue:
         self._queue: queue.Queue[FrameJob] = queue.Queue(maxsize)
         self._pending: set[Path] = set()
         self._lock = threading.Lock()
-        self.dropped_full = 0  # offers refused because the queue was full (reconcile picks them up later)
+        self.dropped_full = 0  # offers refused because the queue was full (the tracker offers them again)
 
-    def offer(self, camera: str, path: Path, source: str) -> bool:
-        """Queue ``path`` unless it is already pending; False when duplicate or full."""
-        path = Path(path)
+    def offer(self, job: FrameJob) -> bool:
+        """Queue ``job``; False when its path is already pending (the offer comes again later: it may be a newer
+        version of the file than the one in hand) or the queue is full."""
         with self._lock:
-            if path in self._pending:
+            if job.path in self._pending:
                 return False
             try:
-                self._queue.put_nowait(FrameJob(camera, path, source))
+                self._queue.put_nowait(job)
             except queue.Full:
                 self.dropped_full += 1
                 return False
-            self._pending.add(path)
+            self._pending.add(job.path)
             return True
 
     def get(self, timeout: float) -> FrameJob | None:

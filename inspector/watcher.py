@@ -1,19 +1,27 @@
-"""Drop-folder watching with watchdog: a frame is offered only once it is completely written.
+"""Drop-folder watching with watchdog, and the one rule that decides when a file is taken: it is *stable*.
 
-- inotify (local disks): ``FileClosedEvent`` = close after write; ``FileMovedEvent`` = a writer's temp name
-  renamed to the final one. A created file with no close event (renamed in from another directory, hard-linked)
-  is taken once its size and mtime have been stable for ``INOTIFY_CREATED_GRACE_S``.
-- polling (network shares, where inotify sees nothing): created/modified paths wait in ``pending`` until their
-  size and mtime have been unchanged for ``stable_s``.
-Temp names and other extensions are ignored (``naming.is_candidate``). A handler exception is logged and counted,
-never propagated: an exception inside a watchdog handler would kill the observer thread.
+Every source of "there is a file" feeds the same tracker (``CameraWatcher.observe``): inotify events (created,
+modified, closed, moved in), polling events (network shares, where inotify sees nothing), the reconcile scan
+(frames that arrived while the daemon was down, or whose events were lost) and the pipeline handing back a file
+that is not whole yet (``not_ready``). A file is submitted once its ``lstat`` signature (inode, size, mtime, ctime)
+has been unchanged for the camera's ``stable_s``; a close event alone never makes a file complete (a writer that
+closes between chunks closes many times). The pipeline then also checks that the bytes are whole (format end
+marker, declared sizes) and gives a prefix back here: it is submitted again when it changes and settles, or
+once it has been unchanged for ``incomplete_after_s`` (then quarantined as incomplete). A file still changing is
+therefore never taken, moved or quarantined.
+
+Temp names and other extensions are ignored (``naming.is_candidate``); directories are ignored; links and other
+non-regular entries are tracked like files and refused by the pipeline (``frame_file.read_frame``) without being
+read. A handler exception is logged and counted, never propagated: it would kill the observer thread.
 """
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,8 +30,11 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from inspector.config import CameraConfig
+from inspector.frame_file import FileSignature
+from inspector.ingest import FrameJob
 from inspector.logging_json import log_fields
 from inspector.naming import is_candidate
+from inspector.reconcile import scan_drop_folder
 
 log = logging.getLogger("inspector.watcher")
 
@@ -39,8 +50,17 @@ def _install_noise_filter() -> None:
     emitter_log = logging.getLogger("watchdog.observers.inotify")
     if not any(isinstance(f, _BenignStopNoise) for f in emitter_log.filters):
         emitter_log.addFilter(_BenignStopNoise())
-Submit = Callable[[str, Path, str], object]  # (camera id, path, source)
-INOTIFY_CREATED_GRACE_S = 2.0
+
+
+Submit = Callable[[FrameJob], bool]  # False: not accepted now (queue full, path in hand), offer it again later
+
+
+@dataclass
+class _Candidate:
+    signature: FileSignature
+    changed_at: float  # monotonic: when the signature was last seen changing (or first seen)
+    due: float  # monotonic: when to submit it if nothing changes
+    source: str
 
 
 class _Handler(FileSystemEventHandler):
@@ -55,23 +75,13 @@ class _Handler(FileSystemEventHandler):
             log.exception("drop-folder event handler failed", **log_fields(camera=self.watcher.camera.id,
                                                                             event=event.event_type))
 
-    def on_closed(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher.complete(Path(str(event.src_path)), "event")
-
-    def on_moved(self, event: FileSystemEvent) -> None:
-        if not event.is_directory:
-            self.watcher.complete(Path(str(event.dest_path)), "event")
-
-    def on_created(self, event: FileSystemEvent) -> None:
-        # inotify too: a file renamed in from another directory, or hard-linked, is only ever "created" (no
-        # close event follows); it waits in ``pending`` and is taken once stable, or at once if a close comes.
-        if not event.is_directory:
-            self.watcher.maybe_growing(Path(str(event.src_path)))
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        if not event.is_directory and self.watcher.polling:
-            self.watcher.maybe_growing(Path(str(event.src_path)))
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.event_type == "moved":
+            self.watcher.observe(Path(os.fsdecode(event.dest_path)), self.watcher.event_source)
+        if event.event_type != "deleted":
+            self.watcher.observe(Path(os.fsdecode(event.src_path)), self.watcher.event_source)
 
 
 class CameraWatcher:
@@ -82,7 +92,7 @@ class CameraWatcher:
         self.folder = Path(camera.drop_folder)
         self.handler_errors = 0
         self.restarts = 0
-        self._pending: dict[Path, tuple[int, float, float]] = {}  # path -> (size, mtime, unchanged since)
+        self._pending: dict[Path, _Candidate] = {}
         self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._observer: Observer | PollingObserver | None = None
@@ -144,34 +154,51 @@ class CameraWatcher:
         self.start()
         return True
 
-    # -- events --------------------------------------------------------------------------------------------
-    def complete(self, path: Path, source: str) -> None:
-        if path.parent == self.folder and is_candidate(path, self.camera.extensions):
-            with self._pending_lock:
-                self._pending.pop(path, None)
-            self.submit(self.camera.id, path, source)
+    # -- the stability tracker ---------------------------------------------------------------------------
+    @property
+    def event_source(self) -> str:
+        return "poll" if self.polling else "event"
 
-    def maybe_growing(self, path: Path) -> None:
+    def observe(self, path: Path, source: str) -> None:
+        """There is (or was) an entry at ``path``: track it until it is stable. Cheap: one ``lstat``."""
         if path.parent != self.folder or not is_candidate(path, self.camera.extensions):
             return
-        try:
-            st = path.stat()
-        except FileNotFoundError:
+        signature = FileSignature.at(path)
+        with self._pending_lock:
+            if signature is None or signature.kind == stat.S_IFDIR:
+                self._pending.pop(path, None)
+                return
+            old = self._pending.get(path)
+            if old is None or old.signature != signature:
+                now = time.monotonic()
+                self._pending[path] = _Candidate(signature, now, now + self.camera.stable_s,
+                                                 old.source if old else source)
+
+    def not_ready(self, job: FrameJob) -> None:
+        """The pipeline found ``job``'s file not whole (or changed): wait for it to change and settle again, or
+        hand it back once it has been unchanged for ``incomplete_after_s`` (then it is quarantined)."""
+        if job.signature is None:
+            self.observe(job.path, job.source)
             return
         with self._pending_lock:
-            old = self._pending.get(path)
-            if old is None or old[:2] != (st.st_size, st.st_mtime):
-                self._pending[path] = (st.st_size, st.st_mtime, time.monotonic())
+            if job.path not in self._pending:
+                self._pending[job.path] = _Candidate(job.signature, job.unchanged_since,
+                                                     job.unchanged_since + self.camera.incomplete_after_s,
+                                                     job.source)
 
-    @property
-    def stable_after_s(self) -> float:
-        """Unchanged this long -> complete. With inotify only files that got no close event wait here (moved in
-        from elsewhere, hard-linked), so a longer grace costs nothing on the normal path and protects a writer
-        that pauses mid-file."""
-        return self.camera.stable_s if self.polling else max(self.camera.stable_s, INOTIFY_CREATED_GRACE_S)
+    def rescan(self) -> int:
+        """Observe every entry of the folder (the reconcile: what arrived unseen); returns how many there are."""
+        paths = scan_drop_folder(self.camera)
+        for path in paths:
+            self.observe(path, "reconcile")
+        return len(paths)
+
+    def pending_count(self) -> int:
+        with self._pending_lock:
+            return len(self._pending)
 
     def _stability_loop(self) -> None:
-        period = max(0.05, min(self.camera.poll_interval_s, self.stable_after_s / 2 or 0.05))
+        period = max(0.02, min(self.camera.poll_interval_s, self.camera.stable_s / 4))
         while not self._stop.wait(period):
             try:
                 self.check_stable()
@@ -180,19 +207,29 @@ class CameraWatcher:
                 log.exception("stability check failed", **log_fields(camera=self.camera.id))
 
     def check_stable(self) -> None:
+        """Re-``lstat`` every tracked entry: changed -> wait ``stable_s`` from now; unchanged until due -> submit."""
         now = time.monotonic()
-        ready: list[Path] = []
+        ready: list[tuple[Path, _Candidate]] = []
         with self._pending_lock:
-            for path, (size, mtime, since) in list(self._pending.items()):
-                try:
-                    st = path.stat()
-                except FileNotFoundError:
+            for path, cand in list(self._pending.items()):
+                signature = FileSignature.at(path)
+                if signature is None or signature.kind == stat.S_IFDIR:
                     del self._pending[path]
-                    continue
-                if (st.st_size, st.st_mtime) != (size, mtime):
-                    self._pending[path] = (st.st_size, st.st_mtime, now)
-                elif now - since >= self.stable_after_s:
-                    ready.append(path)
+                elif signature != cand.signature:
+                    self._pending[path] = _Candidate(signature, now, now + self.camera.stable_s, cand.source)
+                elif now >= cand.due:
+                    ready.append((path, cand))
                     del self._pending[path]
-        for path in ready:
-            self.submit(self.camera.id, path, "poll" if self.polling else "created")
+        for path, cand in ready:
+            job = FrameJob(self.camera.id, path, cand.source, signature=cand.signature,
+                           unchanged_since=cand.changed_at)
+            try:
+                accepted = self.submit(job)
+            except Exception:  # noqa: BLE001 - one bad submission must not cost the others their turn
+                self.handler_errors += 1
+                log.exception("submitting a frame failed", **log_fields(camera=self.camera.id, frame=str(path)))
+                continue
+            if not accepted:
+                with self._pending_lock:  # not accepted now: keep it, try again in a while
+                    self._pending.setdefault(path, _Candidate(cand.signature, cand.changed_at,
+                                                              time.monotonic() + self.camera.stable_s, cand.source))

@@ -17,11 +17,29 @@ def alembic_config() -> Config:
 
 
 def upgrade_database(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; idempotent, safe on every start."""
+    """Bring the schema to ``revision``; idempotent, safe on every start.
+
+    On SQLite, foreign keys are off while migrating: a migration that changes a column rebuilds the table
+    (Alembic's batch mode: copy, drop, rename), and dropping ``frames`` with foreign keys on would cascade-delete
+    every detection, alarm and review of the copied rows. The references are checked before they go back on."""
     cfg = alembic_config()
-    with engine.begin() as connection:
-        cfg.attributes["connection"] = connection
-        command.upgrade(cfg, revision)
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as connection:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or it does nothing
+            connection.commit()
+        try:
+            with connection.begin():
+                cfg.attributes["connection"] = connection
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"migration left {len(broken)} broken foreign keys, e.g. {broken[0]}")
+        finally:
+            if sqlite:
+                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                connection.commit()
 
 
 def head_revision() -> str:

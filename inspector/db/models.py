@@ -3,19 +3,40 @@ exactly this; ``tests/inspector/test_db.py`` checks the two never drift apart.
 
 Idempotency lives in the schema: a frame is unique on (camera, name, sha256), so whatever restarts happen one
 frame gives one result row. Results and alarms are unique on (session, seq): the gap-free sequences the bus
-promises.
+promises. Times are ``UtcDateTime``: aware UTC whatever the database.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+from sqlalchemy import (JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, TypeDecorator,
                         UniqueConstraint, false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from inspector.naming import MAX_POSITION_LEN, MAX_SERIAL_LEN
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that is aware UTC on both databases: stored as UTC (an aware value in another
+    zone is converted; a naive one is taken as UTC) and read back aware (SQLite keeps no zone and returns naive
+    values; PostgreSQL returns them in the session's zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -25,7 +46,7 @@ class Base(DeclarativeBase):
 class Station(Base):
     __tablename__ = "stations"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Camera(Base):
@@ -55,7 +76,7 @@ class Template(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     # How this version was made: {"method": "median" | "frame" | "file" | "array", "frames": [frame ids], ...}
     provenance: Mapped[dict | None] = mapped_column(JSON)
     # The daemon's rolling view of how well frames still match this version (``inspector.drift``): median
@@ -64,7 +85,7 @@ class Template(Base):
     residual_recent: Mapped[float | None] = mapped_column(Float)
     residual_frames: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     drifted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    drift_updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    drift_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
 
 class ModelRecord(Base):
@@ -80,11 +101,11 @@ class ModelRecord(Base):
     verification: Mapped[str] = mapped_column(String(16), server_default="sha256")
     path: Mapped[str | None] = mapped_column(Text)
     class_names: Mapped[list[str]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class Frame(Base):
-    """One input file's result. ``status``: ok | defective | quarantined."""
+    """One input file's result. ``status``: ok | defective | quarantined (then ``reason_code`` says why)."""
 
     __tablename__ = "frames"
     __table_args__ = (
@@ -97,17 +118,18 @@ class Frame(Base):
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(Text)
-    sha256: Mapped[str] = mapped_column(String(64))
-    position: Mapped[str | None] = mapped_column(String(128))
-    serial: Mapped[str | None] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(Text)  # printable: undecodable bytes of the file name as \xNN
+    sha256: Mapped[str | None] = mapped_column(String(64))  # None: the content was never read (link, FIFO, ...)
+    position: Mapped[str | None] = mapped_column(String(MAX_POSITION_LEN))
+    serial: Mapped[str | None] = mapped_column(String(MAX_SERIAL_LEN))
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
+    reason_code: Mapped[str | None] = mapped_column(String(32))  # quarantined: inspector.quarantine.QuarantineReason
     source_path: Mapped[str] = mapped_column(Text)
     stored_path: Mapped[str | None] = mapped_column(Text)
     annotated_path: Mapped[str | None] = mapped_column(Text)
-    captured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    captured_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     template_id: Mapped[int | None] = mapped_column(ForeignKey("templates.id", ondelete="SET NULL"))
     model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="SET NULL"))
     shift_x: Mapped[float | None] = mapped_column(Float)
@@ -143,8 +165,8 @@ class BusSession(Base):
     __tablename__ = "bus_sessions"
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     station_id: Mapped[str] = mapped_column(ForeignKey("stations.id", ondelete="CASCADE"))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     last_seq: Mapped[int] = mapped_column(Integer, default=0)  # last alarm seq
     last_result_seq: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -164,7 +186,7 @@ class Alarm(Base):
     severity: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(16), default="raised")
     payload: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class ReviewEvent(Base):
@@ -191,7 +213,7 @@ class ReviewEvent(Base):
     y2: Mapped[float | None] = mapped_column(Float)
     reviewer: Mapped[str] = mapped_column(String(128))
     comment: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 
 class FrameReview(Base):
@@ -205,7 +227,7 @@ class FrameReview(Base):
                       Index("ix_frame_reviews_time", "processed_at", "frame_id"))
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))
-    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[datetime] = mapped_column(UtcDateTime)
     confirmed: Mapped[int] = mapped_column(Integer, default=0)
     false_calls: Mapped[int] = mapped_column(Integer, default=0)
     reclassified: Mapped[int] = mapped_column(Integer, default=0)
@@ -213,7 +235,7 @@ class FrameReview(Base):
     pending: Mapped[int] = mapped_column(Integer, default=0)
     events: Mapped[int] = mapped_column(Integer, default=0)
     last_reviewer: Mapped[str] = mapped_column(String(128))
-    reviewed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class ResultRow(Base):
@@ -229,4 +251,4 @@ class ResultRow(Base):
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
     verdict: Mapped[str] = mapped_column(String(16))
     payload: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

@@ -1,14 +1,16 @@
-"""Small helpers that make sure the station's reference rows exist (station, cameras, model) before frames do."""
+"""Small helpers that make sure the station's reference rows exist (station, cameras, model) before frames do.
+
+``factory`` is anything with ``begin()``: the daemon passes its ``DbWriter``, the command line a sessionmaker."""
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.config import StationConfig
 from inspector.db.models import Camera, ModelRecord, Station
+from inspector.db.writer import Transactions
 
 
-def ensure_station(factory: sessionmaker[Session], cfg: StationConfig) -> dict[str, int]:
+def ensure_station(factory: Transactions, cfg: StationConfig) -> dict[str, int]:
     """Insert the station and its cameras if missing; returns camera name -> camera row id."""
     with factory.begin() as session:
         if session.get(Station, cfg.station) is None:
@@ -27,7 +29,7 @@ def ensure_station(factory: sessionmaker[Session], cfg: StationConfig) -> dict[s
         return ids
 
 
-def register_model(factory: sessionmaker[Session], sha256: str, backend: str, precision: str, path: str | None,
+def register_model(factory: Transactions, sha256: str, backend: str, precision: str, path: str | None,
                    class_names: list[str], verification: str) -> int:
     """Row id of the (sha256, backend, verification) model, inserting it the first time it is seen."""
     with factory.begin() as session:

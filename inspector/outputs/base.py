@@ -22,6 +22,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from inspector.db.writer import Transactions
 from inspector.outputs.result import FrameResult
 
 
@@ -51,13 +52,19 @@ class StationState:
 @dataclass(frozen=True)
 class OutputContext:
     """What an output gets at start: who we are, the session, the database (read-only use: replay/GetResult),
-    the daemon's health summary (heartbeats) and the sequence counters (last committed seqs)."""
+    the daemon's health summary (heartbeats), the sequence counters (last committed seqs) and the writer for the
+    little an output writes (docs/operations.md: one database writer)."""
 
     station: str
     session: SessionInfo
     factory: sessionmaker[Session]
     health: Callable[[], dict[str, object]] = dict
     last_seqs: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (last alarm seq, last result seq) committed
+    writer: Transactions | None = None  # what an output writes through (the daemon's one DbWriter); None: factory
+
+    @property
+    def transactions(self) -> Transactions:
+        return self.writer if self.writer is not None else self.factory
 
 
 @runtime_checkable

@@ -18,11 +18,12 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.db.models import Alarm, BusSession, ResultRow
+from inspector.db.writer import Transactions
 from inspector.outputs.base import SessionInfo
 from inspector.outputs.result import FrameResult
 
 
-def open_session(factory: sessionmaker[Session], station: str) -> SessionInfo:
+def open_session(factory: Transactions, station: str) -> SessionInfo:
     """Create this run's session row; the previous session's last seqs let peers close its tail."""
     session_id = str(uuid.uuid4())
     started = datetime.now(timezone.utc)

@@ -355,7 +355,7 @@ class ZeroMQOutput:
         if not seqs or self._ctx is None:
             return
         try:
-            with self._ctx.factory.begin() as db:
+            with self._ctx.transactions.begin() as db:
                 db.execute(update(Alarm).where(Alarm.session_id == self.session_id, Alarm.seq.in_(seqs))
                            .values(state="published"))
         except Exception:  # noqa: BLE001 - state is informational; never lose the bus over it

@@ -129,4 +129,5 @@ def test_start_failure_names_the_endpoint_and_releases_everything(write_config, 
     finally:
         logger.handlers[:], logger.propagate = handlers, propagate
     assert signal.getsignal(signal.SIGTERM) is sigterm  # handlers restored after the failed start
-    assert code == 1 and "inspection failed to start" in capsys.readouterr().err
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and any(r["msg"] == "inspection failed to start" and pub in r["error"] for r in records)

@@ -5,14 +5,15 @@ import csv
 import io
 import json
 from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import select, text
 
-from inspector.db import Base, DetectionRow, Frame, make_engine, upgrade_database
+from inspector.db import Alarm, Base, BusSession, DetectionRow, Frame, make_engine, upgrade_database
 from inspector.db.migrate import head_revision
 from inspector.db.records import ensure_station, open_station_database
 from inspector.history import (HistoryFilter, as_records, query_history, render, summary_per_class,
@@ -115,7 +116,6 @@ def test_history_filters_summaries_and_formats(make_config):
         assert {r.frame for r in query_history(db, HistoryFilter(since=day2))} == {"f3.jpg", "f4.jpg"}
         assert {r.frame for r in query_history(db, HistoryFilter(position="P01"))} == {"f2.jpg"}
         assert {r.frame for r in query_history(db, HistoryFilter(status="quarantined"))} == {"f4.jpg"}
-        assert query_history(db, HistoryFilter(camera="nope")) == []
         per_class = summary_per_class(db, HistoryFilter())
         assert per_class == [{"class": "open", "detections": 2, "frames": 2, "max_score": 0.9},
                              {"class": "short", "detections": 1, "frames": 1, "max_score": 0.4}]
@@ -127,6 +127,58 @@ def test_history_filters_summaries_and_formats(make_config):
     parsed = list(csv.DictReader(io.StringIO(render(records, "csv"))))
     assert len(parsed) == 2 and parsed[0]["box"] == "1,2,3,4"
     table = render(records, "table").splitlines()
-    assert table[0].split()[:3] == ["frame_id", "processed_at", "camera"] and len(table) == 4
+    assert table[0].split()[:4] == ["frame_id", "processed_at", "captured_at", "camera"] and len(table) == 4
     assert render([], "table") == "(no rows)"
     engine.dispose()
+
+
+def test_history_limit_counts_frames_and_rows_carry_alarm_capture_time_and_offsets(make_config):
+    cfg = make_config()
+    engine, factory, cams = open_station_database(cfg)
+    day1, day2 = seed_history(factory, cams)
+    berlin = ZoneInfo("Europe/Berlin")
+    with factory.begin() as db:
+        db.add(BusSession(id="sess-1", station_id="teststation", last_seq=1))
+        f1 = db.scalar(select(Frame).where(Frame.name == "f1.jpg"))
+        f1.captured_at = datetime(2026, 5, 1, 9, 59, 30, tzinfo=berlin)  # the camera's local time, +02:00
+        f1.serial = "SN1"
+        db.flush()
+        db.add(Alarm(session_id="sess-1", seq=1, frame_id=f1.id, severity="critical", payload="{}"))
+    with factory() as db:
+        newest_two = query_history(db, HistoryFilter(limit=2))
+        assert {r.frame for r in newest_two} == {"f3.jpg", "f4.jpg"}  # 2 frames, not 2 rows
+        four = query_history(db, HistoryFilter(limit=4))  # 4 frames: 5 rows, the oldest (f1) with both detections
+        assert sorted(r.frame for r in four) == ["f1.jpg", "f1.jpg", "f2.jpg", "f3.jpg", "f4.jpg"]
+        f1_rows = [r for r in four if r.frame == "f1.jpg"]
+        assert [r.cls for r in f1_rows] == ["open", "short"]  # highest score first
+        assert {(r.severity, r.session, r.seq, r.serial) for r in f1_rows} == {("critical", "sess-1", 1, "SN1")}
+        assert f1_rows[0].captured_at == "2026-05-01T07:59:30+00:00"  # stored and shown as UTC, with its offset
+        assert f1_rows[0].processed_at == "2026-05-01T08:00:00+00:00"
+        local = [r for r in query_history(db, HistoryFilter(limit=4), berlin) if r.frame == "f1.jpg"][0]
+        assert local.captured_at == "2026-05-01T09:59:30+02:00" and local.processed_at.endswith("+02:00")
+        assert query_history(db, HistoryFilter(cls="short", limit=1))[0].frame == "f1.jpg"
+        quarantined = query_history(db, HistoryFilter(status="quarantined"))[0]
+        assert quarantined.reason_code is None and quarantined.reason == "corrupt: x"
+        assert db.scalar(select(Frame.processed_at).where(Frame.name == "f2.jpg")).tzinfo is not None  # SQLite too
+    engine.dispose()
+
+
+def test_history_command_unknown_camera_or_station_is_an_error(make_config, capsys):
+    from inspector.cli import main
+
+    cfg = make_config()
+    engine, factory, cams = open_station_database(cfg)
+    seed_history(factory, cams)
+    engine.dispose()
+    url = cfg.db_url
+    assert main(["history", "--db", url, "--camera", "cam9"]) == 2
+    assert "no camera 'cam9'" in capsys.readouterr().err
+    assert main(["history", "--db", url, "--station", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "no station 'nope'" in err and "teststation" in err
+    assert main(["history", "--db", url, "--station", "teststation", "--camera", "cam1", "--position", "P99"]) == 0
+    assert capsys.readouterr().out.strip() == "(no rows)"  # a known camera with nothing matching: no rows
+    assert main(["history", "--db", url, "--limit", "1", "--format", "json", "--timezone", "Asia/Kolkata"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert len({r["frame_id"] for r in shown}) == 1 and shown[0]["processed_at"].endswith("+05:30")
+    assert main(["history", "--db", url, "--limit", "0"]) == 2

@@ -90,8 +90,8 @@ def test_frames_flow_to_db_bus_and_processed(make_config, start_daemon, frames, 
     assert daemon.bus.publish_latency_ms and max(daemon.bus.publish_latency_ms) < 1000
 
 
-def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_daemon, frames, tails, wait):
-    cfg = make_config()
+def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_daemon, frames, tails, wait, tmp_path):
+    cfg = make_config(cameras=[{"id": "cam1", "drop_folder": str(tmp_path / "drop1"), "incomplete_after_s": 1.0}])
     daemon = start_daemon(cfg)
     tail = tails(daemon, after=0)
     wait(lambda: any(m["type"] == "heartbeat" for m in tail.statuses))  # subscribed: what follows arrives live
@@ -110,7 +110,7 @@ def test_bad_frames_are_quarantined_while_good_frames_flow(make_config, start_da
     wait(lambda: len(frame_rows(daemon)) == 7 and daemon.wait_idle(0.1))
     rows = {r.name: r for r in frame_rows(daemon)}
     assert rows["P00_good1.jpg"].status == "ok" and rows["P01_good2.jpg"].status == "ok"
-    expected = {"P00_corrupt.jpg": "corrupt", "P00_empty.jpg": "empty", "P00_trunc.jpg": "corrupt",
+    expected = {"P00_corrupt.jpg": "corrupt", "P00_empty.jpg": "empty", "P00_trunc.jpg": "incomplete",
                 "P07_unknown.jpg": "no_template", "no pattern here.jpg": "bad_name"}
     for name, kind in expected.items():
         row = rows[name]

@@ -9,7 +9,8 @@ import pytest
 
 from inspector.align import align_template, fill_uncovered, warp_template
 from inspector.naming import FrameNameError, is_candidate, parse_frame_name
-from inspector.storage import dated_dir, purge_older_than, quarantine_file, unique_destination
+from inspector.frame_file import read_frame
+from inspector.storage import dated_dir, purge_older_than, store_frame, unique_destination, write_reason
 
 EXT = [".jpg", ".png"]
 
@@ -80,7 +81,8 @@ def test_storage_layout_quarantine_reason_and_retention(tmp_path):
     src = tmp_path / "drop" / "bad.jpg"
     src.parent.mkdir()
     src.write_bytes(b"junk")
-    dest = quarantine_file(src, dated_dir(tmp_path / "q", "cam1", when) / "bad.jpg", {"kind": "corrupt"})
+    dest = store_frame(src, dated_dir(tmp_path / "q", "cam1", when) / "bad.jpg", read_frame(src, 1 << 20))
+    write_reason(dest, {"kind": "corrupt"})
     assert not src.exists() and dest.read_bytes() == b"junk"
     assert json.loads((dest.parent / "bad.jpg.reason.json").read_text()) == {"kind": "corrupt"}
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from sqlalchemy import select
 
 from inspector.config import CameraConfig
 from inspector.daemon import HealthState
 from inspector.db import Frame
+from inspector.ingest import FrameJob
 from inspector.watcher import CameraWatcher
 
 
@@ -36,10 +36,10 @@ def test_polling_waits_until_the_file_is_stable(make_config, start_daemon, frame
 def test_handler_exceptions_do_not_kill_the_observer(tmp_path, frames, wait):
     seen: list[str] = []
 
-    def submit(camera: str, path: Path, source: str) -> bool:
-        if path.name.startswith("P00_boom"):
+    def submit(job: FrameJob) -> bool:
+        if job.path.name.startswith("P00_boom"):
             raise RuntimeError("handler bug")
-        seen.append(path.name)
+        seen.append(job.path.name)
         return True
 
     watcher = CameraWatcher(CameraConfig(id="c", drop_folder=tmp_path / "d"), submit)

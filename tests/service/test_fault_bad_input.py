@@ -3,6 +3,7 @@ alone when it is not a frame at all; the daemon stays up and good frames keep fl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import time
@@ -45,6 +46,8 @@ def _good(name_serial: str, seed: int, position: str = "P1", ext: str = ".png") 
 
 def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Path) -> None:
     st = station()
+    st.config["cameras"][0]["incomplete_after_s"] = 2.0  # truncated files: quarantined once unchanged this long
+    st.write_config()
     st.register_templates()
     st.start()
     good = make_frame("P1", False, 7)
@@ -54,8 +57,8 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
 
     quarantined: dict[str, str] = {  # name -> expected reason kind (prefix of the DB reason)
         "P1_empty.png": "empty",
-        "P1_truncjpg.jpg": "corrupt",
-        "P1_truncpng.png": "corrupt",
+        "P1_truncjpg.jpg": "incomplete",  # a prefix that stopped growing: incomplete_after_s later
+        "P1_truncpng.png": "incomplete",
         "P1_text.png": "corrupt",
         "P1_random.jpg": "corrupt",
         "P1_huge.png": "too_large",     # 65535x65535 header: refused before any allocation
@@ -86,6 +89,12 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_ünïcode.png": png,
         "P1_a..b.png": png,
     }
+    # Native libraries complain on stderr about these (libpng "IDAT: CRC error", libjpeg "Corrupt JPEG data"):
+    # their lines must reach the journal as JSON like everything else.
+    bad_crc = bytearray(png)
+    bad_crc[png.index(b"IDAT") + 8] ^= 0xFF
+    quarantined["P1_badcrc.png"] = "corrupt"
+    inputs["P1_badcrc.png"] = bytes(bad_crc)
     # Processed correctly: format variants the decoder normalises to 8-bit RGB.
     gray = cv2.cvtColor(good, cv2.COLOR_RGB2GRAY)
     processed: dict[str, bytes] = {
@@ -94,6 +103,7 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
         "P1_bitmap.bmp": encode(good, ".bmp"),
         "P1_tiff.tiff": encode(good, ".tiff"),
         "P1_samecontent.png": png,  # same bytes as another frame under a new name: its own row
+        "P1_extrabytes.jpg": jpg[:-2] + b"\x12\x34\xff\xd9",  # decodes; libjpeg warns about the extra bytes
     }
     inputs["P1_wrongsize.png"] = encode(cv2.resize(good, (FRAME_SIZE // 2, FRAME_SIZE // 2)), ".png")
     inputs["P1_tiny.png"] = encode(good[:1, :1], ".png")
@@ -154,11 +164,18 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
 
     # Non-frames: untouched, no row; the outside target of the symlink is neither moved nor read into the DB.
     left = set(st.drop_files())
-    assert {"P1_dir.png", "notes.txt", "P1_x.png.part"} <= left
+    assert {"P1_dir.png", "notes.txt", "P1_x.png.part"} <= left and "P1_link.png" not in left
     assert outside.read_bytes() == png
     assert "P1_dir.png" not in rows and "notes.txt" not in rows and "P1_x.png.part" not in rows
-    if "P1_link.png" in rows:  # a daemon may quarantine symlinks; it must never follow them into processed/
-        assert rows["P1_link.png"]["status"] == "quarantined"
+    # The symlink: quarantined as such (checked well after the settle time), never read, nothing kept, no link
+    # anywhere under the state directory.
+    wait_until(lambda: "P1_link.png" in {r["name"] for r in st.frames()}, 20, what="the symlink's row")
+    link_row = {r["name"]: r for r in st.frames()}["P1_link.png"]
+    assert link_row["status"] == "quarantined" and str(link_row["reason"]).startswith("symlink"), link_row
+    assert link_row["sha256"] is None and link_row["stored_path"] is None
+    link_reason = st.quarantine_reasons()["P1_link.png"]
+    assert link_reason["kind"] == "symlink" and link_reason["kept"] is False
+    assert not [p for p in st.state.rglob("*") if p.is_symlink()]
     assert not any(Path(str(r["stored_path"])).resolve() == outside for r in rows.values() if r["stored_path"])
 
     # Still alive and still working after all of that.
@@ -167,3 +184,10 @@ def test_bad_input_corpus_is_handled_and_good_frames_flow(station, tmp_path: Pat
     st.drop_bytes(last, data)
     wait_until(lambda: any(r["name"] == last and r["status"] == "ok" for r in st.frames()), 20, what="a last frame")
     assert st.stop() == 0
+    # Every line the daemon wrote (stdout and stderr, as journald gets them) is a JSON object; the native
+    # libraries' complaints are among them, as records of their own logger.
+    lines = st.log_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r, dict) and r.get("level") and r.get("msg") is not None for r in records)
+    native = [r["msg"] for r in records if r["logger"] == "inspector.native"]
+    assert any("libpng" in m or "JPEG" in m for m in native), native
