@@ -65,7 +65,9 @@ def main() -> int:
     parser.add_argument("--defect-rate", type=float, default=0.3)
     parser.add_argument("--backend", choices=("difference", "onnxruntime"), default="difference")
     parser.add_argument("--artifact", type=Path)
-    parser.add_argument("--backlog", type=int, default=64, help="max frames waiting in the drop folder")
+    parser.add_argument("--backlog", type=int, default=256,
+                        help="max frames waiting in the drop folder (each waits the camera's stable_s, 0.5 s, "
+                             "before it is taken: the backlog must cover rate x stable_s)")
     parser.add_argument("--threads", type=int, default=1, help="OpenCV threads (cv2.setNumThreads)")
     args = parser.parse_args()
 
