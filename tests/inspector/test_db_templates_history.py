@@ -182,3 +182,39 @@ def test_history_command_unknown_camera_or_station_is_an_error(make_config, caps
     shown = json.loads(capsys.readouterr().out)
     assert len({r["frame_id"] for r in shown}) == 1 and shown[0]["processed_at"].endswith("+05:30")
     assert main(["history", "--db", url, "--limit", "0"]) == 2
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_upgrading_a_database_that_holds_results_keeps_every_row(backend, request, tmp_path):
+    """0004 rebuilds ``frames`` on SQLite (a column becomes nullable): the detections, alarms and reviews that
+    reference its rows must survive (with foreign keys on, dropping the old table would cascade-delete them)."""
+    url = request.getfixturevalue("fresh_postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'u.db'}"
+    engine = make_engine(url)
+    upgrade_database(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO stations (id, created_at) VALUES ('s', '2026-05-01 08:00:00')"))
+        conn.execute(text("INSERT INTO cameras (id, station_id, name) VALUES (1, 's', 'c')"))
+        for i, (status, reason) in enumerate([("defective", None), ("quarantined", "corrupt: no end marker")], 1):
+            conn.execute(text("INSERT INTO frames (id, camera_id, name, sha256, status, reason, source_path, "
+                              "processed_at) VALUES (:i, 1, :n, :h, :s, :r, '/x', '2026-05-01 08:00:00')"),
+                         {"i": i, "n": f"f{i}.png", "h": str(i) * 64, "s": status, "r": reason})
+        conn.execute(text("INSERT INTO detections (frame_id, class_id, class_name, score, x1, y1, x2, y2) "
+                          "VALUES (1, 0, 'open', 0.9, 1, 2, 3, 4)"))
+        conn.execute(text("INSERT INTO bus_sessions (id, station_id, started_at, last_seq) "
+                          "VALUES ('b', 's', '2026-05-01 08:00:00', 1)"))
+        conn.execute(text("INSERT INTO alarms (session_id, seq, frame_id, severity, state, payload, created_at) "
+                          "VALUES ('b', 1, 1, 'critical', 'published', '{}', '2026-05-01 08:00:00')"))
+        conn.execute(text("INSERT INTO review_events (frame_id, action, reviewer, created_at) "
+                          "VALUES (1, 'confirm', 'qa', '2026-05-01 09:00:00')"))
+    upgrade_database(engine)
+    with engine.connect() as conn:
+        counts = {t: conn.execute(text(f"SELECT count(*) FROM {t}")).scalar()
+                  for t in ("frames", "detections", "alarms", "review_events")}
+        codes = dict(conn.execute(text("SELECT name, reason_code FROM frames")).all())
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert counts == {"frames": 2, "detections": 1, "alarms": 1, "review_events": 1}
+    assert codes == {"f1.png": None, "f2.png": "corrupt"}  # the code of rows written before its column
+    with engine.begin() as conn:  # and a frame whose content was never read has no sha256
+        conn.execute(text("INSERT INTO frames (id, camera_id, name, status, source_path, processed_at) "
+                          "VALUES (3, 1, 'link.png', 'quarantined', '/x', '2026-05-01 10:00:00')"))
+    engine.dispose()
