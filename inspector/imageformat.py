@@ -94,9 +94,9 @@ def _jpeg(data: bytes) -> ImageHeader:
                 return ImageHeader("jpeg", width, height, whole=False)
             height = int.from_bytes(data[i + 5:i + 7], "big") or None
             width = int.from_bytes(data[i + 7:i + 9], "big") or None
-        if marker == 0xDA:  # start of scan: the entropy-coded data follows its header
-            end = data.find(b"\xff\xd9", i + 2 + length)
-            return ImageHeader("jpeg", width, height, whole=end >= 0)
+        if marker == 0xDA:  # start of scan: the entropy-coded data follows its header; is there an EOI after it
+            #                 (searched from the end, where it is: a forward search trips over every stuffed FF)
+            return ImageHeader("jpeg", width, height, whole=data.rfind(b"\xff\xd9", i + 2 + length) >= 0)
         i += 2 + length
 
 

@@ -161,3 +161,16 @@ def test_long_names_get_a_bounded_reason_file_and_are_counted(make_config, start
     assert len(os.fsencode(stored.name)) <= MAX_STORED_NAME and len(os.fsencode(reason_file.name)) <= NAME_MAX
     assert json.loads(reason_file.read_text())["frame"] == junk  # the full name is kept inside
     assert not list(drop.iterdir())
+
+
+@pytest.mark.parametrize("ext, params", [(".jpg", []), (".jpg", [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]), (".png", []),
+                                         (".bmp", []), (".tiff", []), (".tiff", [cv2.IMWRITE_TIFF_COMPRESSION, 1]),
+                                         (".webp", []), (".webp", [cv2.IMWRITE_WEBP_QUALITY, 101])])
+def test_every_prefix_of_an_image_is_judged_not_whole(ext, params):
+    """What a writer leaves while still writing (any prefix) is never taken for a whole image; the image is."""
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (37, 53, 3), np.uint8), (3, 3), 0)
+    data = cv2.imencode(ext, image, params)[1].tobytes()
+    header = inspect_image(data, ext)
+    assert header.whole is True and (header.width, header.height) == (53, 37)
+    judged_whole = [n for n in range(len(data)) if inspect_image(data[:n], ext).whole is not False]
+    assert judged_whole == [], f"{len(judged_whole)} prefixes judged whole or unknown, e.g. {judged_whole[:5]}"
