@@ -275,6 +275,8 @@ class Pipeline:
             a.kind, a.q_kind, a.q_message, a.entry = "quarantine", q.kind, q.message, q.entry
             return a
         except OSError as exc:  # unreadable (permissions, I/O error): visible, and retried by the tracker
+            if is_resource_exhaustion(exc):
+                raise ResourceExhausted(describe(exc)) from exc  # the machine, not the frame: keep it, retry
             log.error("cannot read frame", **log_fields(camera=cam.id, frame=a.db_name, error=str(exc)))
             a.kind = "not_ready"
             return a

@@ -98,7 +98,8 @@ class _FrameFacts(_Message):
     serial: str | None
     frame: str = Field(description="the frame's file name in the drop folder")
     frame_id: int = Field(description="frames.id in the station database")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the file's bytes as read")
+    sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$", description="of the file's bytes as read; null when the file "
+                               "was refused unread (a symlink, a FIFO: quarantine reasons symlink, not_regular)")
     captured_at: UtcTime | None = Field(
         description="capture time from the file name's timestamp group (UTC, ISO 8601 with zone); null: none")
     processed_at: UtcTime = Field(description="when the result was committed (UTC, ISO 8601 with zone)")

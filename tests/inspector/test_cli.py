@@ -52,7 +52,7 @@ def test_templates_and_history_commands(write_config, start_daemon, frames, wait
     summary = json.loads(capsys.readouterr().out)
     assert summary["per_class"][0]["class"] == "defect" and summary["per_day"][0]["frames"] == 2
     assert main(["history", "--config", str(path), "--format", "csv", "--class", "defect"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith("frame_id,processed_at,camera")
+    assert capsys.readouterr().out.splitlines()[0].startswith("frame_id,processed_at,captured_at,camera")
 
     assert main(["templates", "add", "--config", str(path), "--from-frame", str(good["frame_id"])]) == 0
     capsys.readouterr()

@@ -43,17 +43,18 @@ def chunked_write(path: Path, data: bytes, chunk: int = CHUNK, every_s: float = 
                   pause_after: int | None = None, pause_s: float = 0.0) -> float:
     """Open, append one chunk, close; again every ``every_s`` (each close is an inotify CLOSE_WRITE). Optionally
     pause ``pause_s`` after ``pause_after`` bytes. Returns the (wall clock) time of the last write."""
-    written = 0
+    written, last = 0, time.time()
     while written < len(data):
         with open(path, "ab") as handle:
             handle.write(data[written:written + chunk])
+        last = time.time()
         written += chunk
         if pause_after is not None and written >= pause_after and pause_s:
             time.sleep(pause_s)
             pause_s = 0.0
         else:
             time.sleep(every_s)
-    return time.time()
+    return last
 
 
 def camera(tmp_path: Path, **extra: object) -> dict:

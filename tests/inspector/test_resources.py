@@ -45,9 +45,10 @@ def test_a_limit_below_the_connection_caps_is_refused(write_config, make_config)
     run = subprocess.run([sys.executable, "-m", "inspector.cli", "run", "--config", str(write_config(**overrides))],
                          cwd=ROOT, preexec_fn=low_limit, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert run.returncode == 1, run.stderr
-    assert f"file-descriptor limit {limit} is below the {need} this station needs" in run.stderr
-    assert "LimitNOFILE" in run.stderr and "bus.connections.max_connections" in run.stderr
+    said = run.stdout + run.stderr  # the JSON log is on stdout (native stderr wrapped into it)
+    assert run.returncode == 1, said
+    assert f"file-descriptor limit {limit} is below the {need} this station needs" in said
+    assert "LimitNOFILE" in said and "bus.connections.max_connections" in said
 
 
 def test_frames_failing_for_lack_of_descriptors_are_kept_and_health_says_why(
