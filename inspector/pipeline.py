@@ -286,8 +286,13 @@ class Pipeline:
             a.kind = "duplicate"
             return a
         try:
+            try:  # the name first, so a corrupt frame's result still says its position and serial ...
+                a.name, bad_name = self._parse_name(cam, job.path.name), None
+            except Quarantine as q:
+                bad_name = q
             check_frame_bytes(a.read.data, job.path.suffix.lower(), incomplete_final=final)
-            a.name = self._parse_name(cam, job.path.name)
+            if bad_name is not None:  # ... but a file still being written is never quarantined, whatever its name
+                raise bad_name
             laps.lap("ingest")
             a.image = decode_rgb(a.read.data)
             laps.lap("decode")

@@ -57,7 +57,7 @@ def test_every_write_of_the_daemon_goes_through_one_connection(write_config, fra
     connections = Counter(c for c, _, _ in writes)
     threads = {t for _, t, _ in writes}
     assert len(connections) == 1, f"writes on {len(connections)} connections: {writes}"
-    assert {"frame-worker", "alarm-marker", "supervisor", "MainThread"} <= threads, threads
+    assert {"frame-worker", "bus-marker", "supervisor", "MainThread"} <= threads, threads
     statements = {s for _, _, s in writes}
     assert {"INSERT INTO frames", "INSERT INTO alarms", "UPDATE alarms SET", "UPDATE bus_sessions SET"} <= statements
 

@@ -63,7 +63,7 @@ def test_the_check_sees_what_would_block_it() -> None:
     base = settings(UNIT.read_text())
     assert opcua_blockers({**base, "RestrictAddressFamilies": ["AF_UNIX AF_NETLINK"]}) == ["AF_INET", "AF_INET6"]
     assert opcua_blockers({**base, "RestrictAddressFamilies": ["~AF_INET6"]}) == ["AF_INET6"]
-    assert opcua_blockers({**base, "IPAddressDeny": ["any"]})
+    assert opcua_blockers({**base, "IPAddressDeny": ["any"], "IPAddressAllow": []})
     assert not opcua_blockers({**base, "IPAddressDeny": ["any"], "IPAddressAllow": ["localhost"]})
     assert opcua_blockers({**base, "SocketBindDeny": ["any"], "SocketBindAllow": ["tcp:5556-5557"]})
     assert not opcua_blockers({**base, "SocketBindDeny": ["any"], "SocketBindAllow": ["tcp:5556-5557 tcp:4840"]})

