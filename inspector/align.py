@@ -125,8 +125,17 @@ def align_template(frame: np.ndarray, template: np.ndarray, method: Literal["pha
     if abs(dx) < 1e-3 and abs(dy) < 1e-3:
         return AlignResult(template, (0.0, 0.0), response, True, cv2.absdiff(f, t), ds)
     difference = cv2.absdiff(f, warp_template(t, dx / ds, dy / ds))
-    return AlignResult(fill_uncovered(warp_template(template, dx, dy), frame, dx, dy), (dx, dy), response, True,
-                       difference, ds)
+    return AlignResult(shifted_template(template, frame, (dx, dy)), (dx, dy), response, True, difference, ds)
+
+
+def shifted_template(template: np.ndarray, frame: np.ndarray, shift: tuple[float, float] | None) -> np.ndarray:
+    """The aligned template the detector saw for a frame with the recorded ``shift`` (``frames.shift_x/y``):
+    the template moved by the shift, the band it moved away from taken from the frame. A training export
+    rebuilds each frame's template with this, so it is exactly the reference the frame was inspected with."""
+    template = _fit_size(template, frame.shape)
+    if shift is None or (abs(shift[0]) < 1e-3 and abs(shift[1]) < 1e-3):
+        return template
+    return fill_uncovered(warp_template(template, shift[0], shift[1]), frame, shift[0], shift[1])
 
 
 def fill_uncovered(warped: np.ndarray, frame: np.ndarray, dx: float, dy: float) -> np.ndarray:

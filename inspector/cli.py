@@ -320,6 +320,33 @@ def cmd_opcua_certificate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_training(args: argparse.Namespace) -> int:
+    from inspector.db.records import open_station_database
+    from inspector.training_export import ExportError, export_training
+
+    cfg = _load(args.config)
+    engine, factory, camera_ids = open_station_database(cfg)
+    try:
+        s = export_training(cfg, factory, camera_ids, Path(args.out), since=args.since, until=args.until,
+                            cameras=args.camera)
+    except ExportError as exc:
+        raise ConfigError(f"export-training: {exc}") from None
+    finally:
+        engine.dispose()
+    boxes = ", ".join(f"{n} {k}" for k, n in sorted(s.boxes.items())) or "none"
+    print(f"{s.out}: {s.pairs} reviewed pairs ({s.pairs - s.normals} with defects, {s.normals} normal: false calls "
+          f"and frames confirmed clean), boxes: {boxes}; classes {s.class_names}")
+    for reason, ids in s.skipped.items():
+        print(f"  skipped {len(ids)} frame(s): {reason}")
+    waiting = sum(s.not_exported.values())
+    if waiting:
+        print(f"  not exported: {waiting} frame(s) with detections still unreviewed or partly reviewed "
+              f"({', '.join(f'{k} {v}' for k, v in s.not_exported.items())})")
+    print(f"  train on it: data.train (or data.extra) = {{format: deeppcb, root: {s.out}}}; "
+          f"evaluate: rddn eval --checkpoint C --data {s.out} --out DIR")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo.runner import run_demo
 
@@ -414,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     o = osub.add_parser("certificate", help="show (and make, on first use) the server certificate and trust list")
     o.add_argument("--config", required=True)
     o.set_defaults(func=cmd_opcua_certificate)
+
+    p = sub.add_parser("export-training", help="reviewed frames + templates as a DeepPCB/COCO dataset for rddn train")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="new directory to write (must not exist or be empty)")
+    p.add_argument("--since", type=parse_time, help="frames processed since (ISO time or age: 24h, 7d)")
+    p.add_argument("--until", type=parse_time)
+    p.add_argument("--camera", action="append", help="only this camera (repeatable; default all)")
+    p.set_defaults(func=cmd_export_training)
 
     p = sub.add_parser("demo", help="a demo station on synthetic frames, with a live alarm tail")
     p.add_argument("--state", default="demo_state", help="state directory (default ./demo_state)")

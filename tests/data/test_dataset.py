@@ -58,3 +58,32 @@ def test_templates_as_normals_adds_defect_free_training_samples(deeppcb_root: Pa
     extra = train[3]
     assert extra.image_id == "00041000#template" and len(extra.boxes) == 0 and torch.equal(extra.image, extra.template)
     assert len(build_dataset(cfg, False)) == 3  # evaluation never sees the extra samples
+
+
+def test_extra_datasets_join_the_training_set_with_classes_mapped_by_name(deeppcb_root: Path, tmp_path: Path) -> None:
+    import pytest
+
+    from training.data.synthetic import write_deeppcb_layout
+
+    # deeppcb_root: DeepPCB's six classes; the extra names three of them in another order (a station's model)
+    other = tmp_path / "station_export"
+    write_deeppcb_layout(other, 2, SyntheticSpec(height=64, width=64, defect_size=(6, 16), normal_fraction=0.0))
+    (other / "classes.txt").write_text("short\nopen\nspur\nmousebite\ncopper\n")  # labels 1..5 of the extra
+    sizes = {"train_short_size": (64, 64), "test_short_size": 64}
+    main = DataConfig(format="deeppcb", root=deeppcb_root, **sizes)
+    extra = DataConfig(format="deeppcb", root=other)
+    combined = build_dataset(main, True, extra=[extra])
+    assert combined.class_names == ("open", "short", "mousebite", "spur", "copper", "pin-hole")
+    assert len(combined) == 3 + 2 and combined.normal_flags[:3] == [False, True, False]
+    alone = build_dataset(DataConfig(format="deeppcb", root=other, **sizes), True)
+    to_main = {1: 2, 2: 1, 3: 4, 4: 3, 5: 5}  # short->2, open->1, spur->4, mousebite->3, copper->5
+    for got, own in zip(combined.reader.records[3:], alone.reader.records):
+        assert got.labels.tolist() == [to_main[v] for v in own.labels.tolist()] and len(got.labels)
+        assert (got.boxes == own.boxes).all() and got.image_path == own.image_path
+    assert combined[4].labels.tolist() == [to_main[v] for v in alone.reader.records[1].labels.tolist()]
+
+    (other / "classes.txt").write_text("short\nopen\nspur\nmousebite\nscratch\n")
+    with pytest.raises(ValueError, match=r"data.extra.0: classes \['scratch'\] are not among data.train's"):
+        build_dataset(main, True, extra=[extra])
+    with pytest.raises(ValueError, match="synthetic cannot be combined"):
+        build_dataset(main, True, extra=[DataConfig(format="synthetic")])

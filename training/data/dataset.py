@@ -14,6 +14,7 @@ epoch keeps its length.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -200,9 +201,36 @@ class DetectionDataset(Dataset):
         return self.transform(self.load_sample(index))
 
 
-def build_dataset(cfg: DataConfig, train: bool) -> DetectionDataset:
-    """Contract 3: the torch Dataset for one side of ``cfg`` with the paper's train/test transforms."""
+def combine_readers(readers: Sequence[BaseReader | SyntheticDataset], sources: Sequence[str]) -> BaseReader:
+    """One reader over several datasets (``data.train`` + ``data.extra``): the records one after the other, each
+    extra's labels mapped by class name onto the first's classes (an extra may know fewer classes, in any
+    order, never one the first does not know: its defects would have no label)."""
+    for reader, source in zip(readers, sources):
+        if not isinstance(reader, BaseReader):
+            raise ValueError(f"{source}: format synthetic cannot be combined with other datasets (it has no records)")
+    first = readers[0]
+    names = tuple(first.class_names)
+    records = list(first.records)
+    for reader, source in zip(readers[1:], sources[1:]):
+        unknown = [n for n in reader.class_names if n not in names]
+        if unknown:
+            raise ValueError(f"{source}: classes {unknown} are not among {sources[0]}'s {list(names)}")
+        if reader.has_templates != first.has_templates:
+            raise ValueError(f"{source}: has_templates={reader.has_templates} but {sources[0]} has "
+                             f"{first.has_templates}; combined datasets must all have templates or none")
+        lut = np.asarray([0] + [names.index(n) + 1 for n in reader.class_names], np.int64)
+        records += [dataclasses.replace(r, labels=lut[r.labels]) for r in reader.records]
+    return BaseReader(records, names, first.has_templates, first.issues)
+
+
+def build_dataset(cfg: DataConfig, train: bool, extra: Sequence[DataConfig] = ()) -> DetectionDataset:
+    """Contract 3: the torch Dataset for one side of ``cfg`` with the paper's train/test transforms; ``extra``
+    datasets (training: ``data.extra``) are read with their own format and added, transformed as ``cfg`` says."""
     reader = build_reader(cfg, train)
+    if extra:
+        issues = getattr(reader, "issues", None)
+        reader = combine_readers([reader, *(build_reader(e, train, issues) for e in extra)],
+                                 ["data.train", *(f"data.extra.{i}" for i in range(len(extra)))])
     transform = build_transforms(
         train,
         train_short_sizes=cfg.train_short_size,

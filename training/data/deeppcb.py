@@ -3,8 +3,8 @@
 Layout under ``root`` (the published one; the synthetic generator writes the same)::
 
     trainval.txt                      one line per pair: "groupG/G/<id>.jpg groupG/G_not/<id>.txt"
-    groupG/G/<id>_test.jpg            tested image
-    groupG/G/<id>_temp.jpg            aligned defect-free template
+    groupG/G/<id>_test.jpg            tested image (the list line's extension: .jpg published, .png from
+    groupG/G/<id>_temp.jpg            aligned defect-free template             ``inspector export-training``)
     groupG/G_not/<id>.txt             annotation lines "x1 y1 x2 y2 type", type 1..C
     classes.txt                       optional: one class name per line (type 1 first); default DeepPCB's six
 
@@ -100,9 +100,9 @@ class DeepPCBReader(BaseReader):
             self.issues.report("malformed_annotation", str(list_path), f"line {lineno}: expected 2 paths, got {line!r}")
             return None
         image_rel, ann_rel = parts
-        stem = Path(image_rel).with_suffix("")
-        image_path = self.root / f"{stem}_test.jpg"
-        template_path = self.root / f"{stem}_temp.jpg"
+        stem, suffix = Path(image_rel).with_suffix(""), Path(image_rel).suffix or ".jpg"
+        image_path = self.root / f"{stem}_test{suffix}"
+        template_path = self.root / f"{stem}_temp{suffix}"
         ann_path = self.root / ann_rel
         for kind, p in (("missing_image", image_path), ("missing_template", template_path), ("malformed_annotation", ann_path)):
             if not p.is_file():

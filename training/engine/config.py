@@ -56,9 +56,12 @@ class ScheduleConfig(_Strict):
 
 
 class DataSection(_Strict):
-    """The training set and an optional validation set (evaluated every ``eval_every_epochs``)."""
+    """The training set, more training sets to add to it (``extra``: e.g. a station's reviewed frames from
+    ``inspector export-training`` next to the original dataset; classes mapped by name onto ``train``'s, sizes
+    and augmentation as ``train`` says) and an optional validation set (evaluated every ``eval_every_epochs``)."""
 
     train: DataConfig
+    extra: tuple[DataConfig, ...] = ()
     val: DataConfig | None = None
 
 
@@ -89,8 +92,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _combinations(self) -> "TrainConfig":
         needs = self.model.reference.needs_template
-        for split in ("train", "val"):
-            data = getattr(self.data, split)
+        sides = [("train", self.data.train), ("val", self.data.val),
+                 *((f"extra.{i}", e) for i, e in enumerate(self.data.extra))]
+        for split, data in sides:
             if data is None or not needs:
                 continue
             if not data_has_templates(data):

@@ -64,7 +64,7 @@ def build_trainer(cfg: TrainConfig, info: ddp.DistInfo) -> Trainer:
 
     seed_everything(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = build_model(cfg.model)
-    train_set = build_dataset(cfg.data.train, train=True)
+    train_set = build_dataset(cfg.data.train, train=True, extra=cfg.data.extra)
     check_class_names(cfg, train_set, "train")
     if info.is_main:
         dump_train_config(cfg, Path(cfg.output_dir) / "config.yaml")
