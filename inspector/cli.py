@@ -155,10 +155,13 @@ def cmd_templates_learn(args: argparse.Namespace) -> int:
         engine.dispose()
     row, ref = learned.template, learned.reference
     shifts = [max(abs(dx), abs(dy)) for dx, dy in learned.shifts]
+    asked = args.frames or cfg.templates.learn_frames
     print(f"template {row.position} v{row.version} sha256={row.sha256[:12]} active -> {row.path}\n"
           f"  median of {len(learned.frames)} OK frames (ids {', '.join(map(str, learned.frames))}), aligned to "
           f"{f'v{ref.version}' if ref is not None else 'the newest of them (no version before)'}; "
-          f"|shift| up to {max(shifts):.1f} px")
+          f"|shift| up to {max(shifts):.1f} px"
+          + (f"\n  only {len(learned.frames)} of the {asked} asked for were available" if len(learned.frames) < asked
+             else ""))
     for reason, ids in learned.skipped.items():
         print(f"  skipped {len(ids)} frame(s): {reason} ({', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''})")
     print(f"  a running daemon uses it within templates.recheck_s = {cfg.templates.recheck_s:g} s")

@@ -24,8 +24,8 @@ the daemon aligned it: ``inspector.align.shifted_template``). Layout (DeepPCB, r
     DIR/coco.json                             the same pairs: file_name, template_file_name, boxes [x, y, w, h]
     DIR/export.json                           what was exported, what was not and why, group -> camera/position
 
-``<id>`` is the frame id (8 digits), G numbers the (camera, position) pairs (``groups`` in ``export.json``), so
-``data.val_groups`` can hold out a position. Class names map through the model's ``class_names`` (type i =
+``<id>`` is the frame id (8 digits), G numbers the (camera, position) pairs in sorted order (``groups`` in
+``export.json``), so ``data.val_groups`` can hold out a position. Class names map through the model's ``class_names`` (type i =
 ``class_names[i-1]``); a frame with a class the model does not know is skipped and listed. The directory is
 written under a temporary name and renamed when complete: a failed export leaves no half dataset.
 """
@@ -43,7 +43,7 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inspector.align import shifted_template
@@ -100,18 +100,24 @@ def export_class_names(db: Session, camera_ids: Sequence[int]) -> list[str]:
     return list(record.class_names)
 
 
+def _reviewed(query: Select, camera_ids: Sequence[int], since: datetime | None, until: datetime | None) -> Select:
+    """Restrict ``query`` to the frames with a complete review in the time range."""
+    query = (query.join(FrameReview, FrameReview.frame_id == Frame.id)
+             .where(Frame.camera_id.in_(camera_ids), FrameReview.state.in_(COMPLETE_STATES)))
+    if since is not None:
+        query = query.where(Frame.processed_at >= since)
+    if until is not None:
+        query = query.where(Frame.processed_at < until)
+    return query
+
+
 def _reviewed_pages(factory: sessionmaker[Session], camera_ids: Sequence[int], since: datetime | None,
                     until: datetime | None) -> Iterator[tuple[list[Frame], dict[int, FrameReviewState]]]:
     """Frames with a complete review, in id order, a page at a time (bounded memory on a long history)."""
     last = 0
     while True:
         with factory() as db:
-            query = (select(Frame).join(FrameReview, FrameReview.frame_id == Frame.id)
-                     .where(Frame.camera_id.in_(camera_ids), FrameReview.state.in_(COMPLETE_STATES), Frame.id > last))
-            if since is not None:
-                query = query.where(Frame.processed_at >= since)
-            if until is not None:
-                query = query.where(Frame.processed_at < until)
+            query = _reviewed(select(Frame), camera_ids, since, until).where(Frame.id > last)
             frames = list(db.scalars(query.order_by(Frame.id).limit(PAGE)))
             if not frames:
                 return
@@ -171,7 +177,11 @@ def _write(factory: sessionmaker[Session], camera_ids: Sequence[int], camera_nam
            class_names: list[str], work: Path, since: datetime | None, until: datetime | None) -> ExportSummary:
     summary = ExportSummary(work, class_names)
     label_of = {name: i for i, name in enumerate(class_names, 1)}
-    groups: dict[tuple[int, str], int] = {}
+    with factory() as db:  # groups numbered in (camera, position) order: the same positions, the same groups
+        positions = db.execute(_reviewed(select(Frame.camera_id, Frame.position).distinct(), camera_ids, since,
+                                         until)).all()
+    order = sorted(positions, key=lambda cp: (camera_names[cp[0]], cp[1] or ""))
+    groups = {(cam, pos or ""): i for i, (cam, pos) in enumerate(order, 1)}
     templates: dict[int, tuple[Template | None, np.ndarray | None]] = {}
     list_lines: list[str] = []
     coco_images: list[dict] = []
@@ -209,9 +219,7 @@ def _write(factory: sessionmaker[Session], camera_ids: Sequence[int], camera_nam
                 continue
             shift = (frame.shift_x or 0.0, frame.shift_y or 0.0)
             aligned = shifted_template(template, image, shift)
-            key = (frame.camera_id, frame.position or "")
-            group = groups.setdefault(key, len(groups) + 1)
-            g = f"{group:05d}"
+            g = f"{groups[(frame.camera_id, frame.position or '')]:05d}"
             stem, pair_dir, ann_dir = f"{frame.id:08d}", work / f"group{g}" / g, work / f"group{g}" / f"{g}_not"
             pair_dir.mkdir(parents=True, exist_ok=True)
             ann_dir.mkdir(parents=True, exist_ok=True)
@@ -248,8 +256,9 @@ def _write(factory: sessionmaker[Session], camera_ids: Sequence[int], camera_nam
             "images": coco_images, "annotations": coco_annotations,
             "categories": [{"id": i, "name": n} for n, i in label_of.items()]}
     (work / COCO_FILE).write_text(json.dumps(coco, indent=1))
+    used = {line.split("/")[0] for line in list_lines}
     summary.groups = {f"group{g:05d}": {"camera": camera_names[cam], "position": pos}
-                      for (cam, pos), g in groups.items()}
+                      for (cam, pos), g in groups.items() if f"group{g:05d}" in used}
     return summary
 
 

@@ -114,6 +114,15 @@ def test_export_writes_reviewed_truth_as_pairs_both_readers_read_back(reviewed_s
                                   "group00002": {"camera": "cam1", "position": "P01"}}
     assert main(["export-training", "--config", str(path), "--out", str(out)]) == 2  # never merged into an old one
     assert "not empty" in capsys.readouterr().err
+    assert main(["export-training", "--config", str(path), "--out", str(tmp_path / "x"), "--camera", "camX"]) == 2
+    assert "no camera(s) ['camX']" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+    Path(f[0].stored_path).unlink()  # retention purged one reviewed frame's image
+    assert main(["export-training", "--config", str(path), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "export.json").read_text())
+    assert again["pairs"] == 5 and again["skipped"] == {"image file no longer stored (retention)": [f[0].id]}
+    assert again["groups"] == manifest["groups"]
+    assert not list(tmp_path.glob(".again.partial-*"))
 
 
 def frames_template(daemon, frame: Frame) -> np.ndarray:
