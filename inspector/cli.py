@@ -350,6 +350,36 @@ def cmd_export_training(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.hash_password:
+        import getpass
+
+        from inspector.web.auth import hash_password
+
+        password = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else getpass.getpass("password: ")
+        print(hash_password(password))
+        return 0
+    if args.new_token:
+        from inspector.web.auth import new_token
+
+        token, digest = new_token()
+        print(f"token (give to the client, shown once): {token}\nweb.tokens entry: sha256: {digest}")
+        return 0
+    if not args.config:
+        raise ConfigError("serve: --config FILE is required")
+    from inspector.logging_json import configure_logging
+    from inspector.web.serve import serve
+
+    configure_logging(args.log_level)
+    cfg = _load(args.config)
+    try:
+        return serve(cfg, args.host, args.port,
+                     on_ready=lambda url: print(f"review page for station '{cfg.station}': {url}", flush=True))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from inspector.demo.runner import run_demo
 
@@ -453,6 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", action="append", help="only this camera (repeatable; default all)")
     p.set_defaults(func=cmd_export_training)
 
+    p = sub.add_parser("serve", help="the defect review page (web; loopback unless web.users/tokens are set)")
+    p.add_argument("--config", help="station YAML (its database, directories and web section)")
+    p.add_argument("--host", help="listen address (default web.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (default web.port, 8080; 0 picks a free one)")
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--hash-password", action="store_true",
+                   help="read a password (stdin or prompt) and print its hash for web.users[].password_hash")
+    p.add_argument("--new-token", action="store_true", help="print a new API token and its web.tokens digest")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("demo", help="a demo station on synthetic frames, with a live alarm tail")
     p.add_argument("--state", default="demo_state", help="state directory (default ./demo_state)")
     p.add_argument("--duration", type=float, default=120.0, help="seconds to run (Ctrl-C stops earlier)")
@@ -464,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, help="frame side in px (default: the model's input size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-level", default="WARNING", help="daemon JSON log level on stdout (default WARNING)")
+    p.add_argument("--web-port", type=int, help="review page port on 127.0.0.1 (default: a free one)")
+    p.add_argument("--no-web", action="store_true", help="do not start the review page")
     p.set_defaults(func=cmd_demo)
     return parser
 

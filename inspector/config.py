@@ -22,6 +22,7 @@ from inspector.metrics import MetricsConfig
 from inspector.outputs.zeromq_replay import ReplayLimits
 from inspector.security import ConnectionLimits, CurveSettings, check_exposure, reachable_from_network
 from inspector.supervisor import SupervisionConfig
+from inspector.web.config import WebConfig
 
 Severity = Literal["info", "warning", "critical"]
 SEVERITY_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
@@ -298,6 +299,7 @@ class StationConfig(_Strict):
     save_annotated: bool = True
     metrics: MetricsConfig = MetricsConfig()  # Prometheus endpoint (loopback; port null = off)
     supervision: SupervisionConfig = SupervisionConfig()  # detector deadline/restarts, DB retry, watchdog
+    web: WebConfig = WebConfig()  # the review page (`inspector serve`): loopback unless logins are configured
     cameras: list[CameraConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -376,11 +378,13 @@ def _resolve_paths(cfg: StationConfig, base: Path) -> StationConfig:
     bus = cfg.bus.model_copy(update={"curve": curve})
     opcua = cfg.opcua.model_copy(update={"pki_dir": fix(cfg.opcua.pki_dir), "certificate_users": {
         name: fix(path) for name, path in cfg.opcua.certificate_users.items()}})
+    web = cfg.web.model_copy(update={"tls_certfile": fix(cfg.web.tls_certfile), "tls_keyfile": fix(cfg.web.tls_keyfile)})
     url = cfg.database_url
     if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
         url = "sqlite:///" + str(fix(Path(url[len("sqlite:///"):])))
     return cfg.model_copy(update={"state_dir": fix(cfg.state_dir), "directories": dirs, "detector": det,
-                                  "cameras": cams, "database_url": url, "bus": bus, "opcua": opcua})
+                                  "cameras": cams, "database_url": url, "bus": bus, "opcua": opcua,
+                                  "web": web})
 
 
 def _is_within(path: Path, other: Path) -> bool:

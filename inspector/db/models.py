@@ -112,9 +112,8 @@ class Frame(Base):
         UniqueConstraint("camera_id", "name", "sha256", name="uq_frames_identity"),
         Index("ix_frames_camera_position_time", "camera_id", "position", "processed_at"),
         Index("ix_frames_processed_at", "processed_at"),
-        Index("ix_frames_status", "status"),
-        Index("ix_frames_status_time", "status", "processed_at", "id"),  # keyset pages of the review list
-        Index("ix_frames_camera_time", "camera_id", "processed_at", "id"),
+        Index("ix_frames_status_id", "status", "id"),  # keyset pages of the review list (commit order)
+        Index("ix_frames_camera_position_id", "camera_id", "position", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     camera_id: Mapped[int] = mapped_column(ForeignKey("cameras.id", ondelete="CASCADE"))
@@ -146,6 +145,7 @@ class Frame(Base):
 class DetectionRow(Base):
     __tablename__ = "detections"
     __table_args__ = (Index("ix_detections_class_score", "class_name", "score"),
+                      Index("ix_detections_class_frame", "class_name", "frame_id"),
                       Index("ix_detections_frame", "frame_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"))
@@ -178,7 +178,8 @@ class Alarm(Base):
     __tablename__ = "alarms"
     __table_args__ = (UniqueConstraint("session_id", "seq", name="uq_alarms_session_seq"),
                       Index("ix_alarms_created", "created_at"),
-                      Index("ix_alarms_frame", "frame_id", "severity"))
+                      Index("ix_alarms_frame", "frame_id", "severity"),
+                      Index("ix_alarms_severity_frame", "severity", "frame_id"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("bus_sessions.id", ondelete="CASCADE"))
     seq: Mapped[int] = mapped_column(Integer)
@@ -220,10 +221,10 @@ class FrameReview(Base):
     """The current review state of one frame, recomputed from its ``review_events`` in the transaction that
     appends an event (never edited otherwise; ``inspector.review.rebuild_frame_reviews`` re-derives all rows).
     No row: unreviewed. ``state``: partial | confirmed | false_call | corrected. ``processed_at`` repeats the
-    frame's so the review-state filters page on this table's own index."""
+    frame's so per-day review figures (false-call rate) read this table's own index."""
 
     __tablename__ = "frame_reviews"
-    __table_args__ = (Index("ix_frame_reviews_state_time", "state", "processed_at", "frame_id"),
+    __table_args__ = (Index("ix_frame_reviews_state", "state", "frame_id"),
                       Index("ix_frame_reviews_time", "processed_at", "frame_id"))
     frame_id: Mapped[int] = mapped_column(ForeignKey("frames.id", ondelete="CASCADE"), primary_key=True)
     state: Mapped[str] = mapped_column(String(16))

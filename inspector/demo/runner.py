@@ -1,9 +1,10 @@
 """``inspector demo``: a whole station on one machine, for a newcomer's first minutes.
 
 It writes a station config (SQLite in the state dir, loopback ZeroMQ on free ports, the CPU backend), registers
-one template per position from the synthetic generator, starts the daemon, a feeder that drops frames at a
-steady rate (some defective; half written directly, half as temp name + rename, like real camera writers) and a
-live alarm tail; at the end it prints the history summary and the commands to explore further.
+one template per position from the synthetic generator, starts the daemon, the review page (``inspector serve``
+on a free loopback port, its URL printed), a feeder that drops frames at a steady rate (some defective; half
+written directly, half as temp name + rename, like real camera writers) and a live alarm tail; at the end it
+prints the history summary and the commands to explore further.
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def choose_backend(requested: str, model_dir: Path = DEMO_MODEL_DIR) -> tuple[di
     return {"backend": "difference", "options": {"threshold": 40, "min_area": 12}}, None
 
 
-def write_demo_config(state: Path, detector: dict[str, object]) -> Path:
+def write_demo_config(state: Path, detector: dict[str, object], web_port: int = 8080) -> Path:
     state.mkdir(parents=True, exist_ok=True)
     config = {
         "station": "demo",
@@ -70,6 +71,7 @@ def write_demo_config(state: Path, detector: dict[str, object]) -> Path:
         "alarm_rules": [{"class": "*", "severity": "warning", "min_score": 0.5},
                         {"class": "*", "severity": "critical", "min_score": 0.8, "min_area": 200}],
         "reconcile_interval_s": 10,
+        "web": {"port": web_port},
         "cameras": [{"id": "cam1", "drop_folder": "drop/cam1", "observer": "inotify"}],
     }
     path = state / "station.yaml"
@@ -112,6 +114,17 @@ class Feeder(threading.Thread):
             self.stop_event.wait(max(0.0, next_at - time.monotonic()))
 
 
+def start_review_page(cfg):
+    """The review page on a thread beside the daemon, or None (said why) when the ``web`` extra is missing."""
+    try:
+        from inspector.web.serve import BackgroundServer
+    except ImportError as exc:
+        print(f"demo: review page not started ({exc}); install the web extra: pip install -e '.[web]'",
+              file=sys.stderr)
+        return None
+    return BackgroundServer(cfg).start()
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from inspector.cli import main as cli_main
     from inspector.daemon import Daemon
@@ -119,7 +132,7 @@ def run_demo(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     state = Path(args.state).resolve()
     detector, model_size = choose_backend(args.backend, Path(args.model) if args.model else DEMO_MODEL_DIR)
-    config_path = write_demo_config(state, detector)
+    config_path = write_demo_config(state, detector, args.web_port or free_port())
     cfg = load_station_config(config_path)
     size = args.size or model_size or DEFAULT_SIZE
     spec = demo_spec(size, positions=args.positions, max_shift=6, seed=args.seed)
@@ -130,6 +143,10 @@ def run_demo(args: argparse.Namespace) -> int:
         daemon.templates.add("cam1", name, image, source="demo synthetic generator")
     print(f"demo: station 'demo' running ({cfg.detector.backend} backend, {size}x{size} frames, "
           f"{args.positions} positions); alarms on {cfg.bus.publish}, replay on {cfg.bus.replay}")
+    page = start_review_page(cfg) if not args.no_web else None
+    if page is not None:
+        print(f"demo: review page on {page.url} (alarms, crops beside the aligned template, confirm / false call "
+              "with the keyboard; `?` lists the keys)")
     print(f"demo: dropping {args.rate:g} frames/s into {cfg.cameras[0].drop_folder} for {args.duration:g} s "
           "(Ctrl-C stops)\n", flush=True)
 
@@ -154,6 +171,8 @@ def run_demo(args: argparse.Namespace) -> int:
         tail_thread.join(5)
         tail.close()
         daemon.stop()
+        if page is not None:
+            page.stop()
         signal.signal(signal.SIGTERM, previous)
 
     print(f"\ndemo: {feeder.dropped} frames dropped ({feeder.defective} with defects), "
@@ -162,7 +181,8 @@ def run_demo(args: argparse.Namespace) -> int:
     cli_main(["history", "--config", str(config_path), "--summary", "both"])
     print("\n== inspector history --limit 8 ==", flush=True)
     cli_main(["history", "--config", str(config_path), "--limit", "8"])
-    print(f"\nExplore: inspector history --config {config_path} [--class C] [--since 1h] [--format csv|json]\n"
+    print(f"\nExplore: inspector serve --config {config_path}   (the review page, http://127.0.0.1:{cfg.web.port}/)\n"
+          f"         inspector history --config {config_path} [--class C] [--since 1h] [--format csv|json]\n"
           f"         inspector templates list --config {config_path}\n"
           f"         inspector run --config {config_path}   (then: inspector alarms tail --config {config_path})")
     return 0

@@ -3,6 +3,7 @@ the real difference detector, the project's synthetic frames."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ from inspector.alarms_tail import AlarmTail
 from inspector.config import StationConfig, parse_station_config
 from inspector.daemon import Daemon
 from inspector.demo.frames import demo_spec, encode_jpeg, make_frame, position_templates
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # helpers beside the tests (webkit) import by name
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> object:

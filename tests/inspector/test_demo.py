@@ -35,3 +35,40 @@ def test_demo_backend_choice_and_clear_fallback(tmp_path, tiny_artifact, capsys)
     detector, size = choose_backend("auto", art)
     assert detector == {"backend": "onnxruntime", "artifact": str(art.resolve())} and size == 32
     assert choose_backend("difference", art)[0]["backend"] == "difference"
+
+
+def test_demo_serves_the_review_page_while_it_runs(tmp_path):
+    """As a newcomer runs it: the printed URL answers with the page and the frames the demo produced."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-m", "inspector.cli", "demo", "--state", str(tmp_path / "demo"),
+                             "--duration", "25", "--rate", "4", "--size", "128", "--defect-rate", "0.6",
+                             "--backend", "difference"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env)
+    try:
+        url = None
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "demo ended before printing the review page URL"
+            found = re.search(r"review page on (http://127\.0\.0\.1:\d+/)", line)
+            url = found.group(1) if found else None
+        assert url, "no review page URL printed"
+        frames: list = []
+        while not frames and time.monotonic() < deadline:
+            with urllib.request.urlopen(url + "api/frames?kind=defective", timeout=10) as response:
+                frames = json.load(response)["frames"]
+            time.sleep(0.5)
+        assert frames and all(f["status"] == "defective" for f in frames)
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200 and b"rddn-inspector" in response.read()
+    finally:
+        proc.terminate()
+        proc.wait(60)
