@@ -18,7 +18,6 @@ Prints a markdown table (median / p95 ms over --repeat runs); --out writes it to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import insert, select, text  # noqa: E402
+from sqlalchemy import func, insert, select, text  # noqa: E402
 
 from inspector.config import parse_station_config  # noqa: E402
 from inspector.db.migrate import upgrade_database  # noqa: E402
@@ -160,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     with factory() as db:
         existing = db.scalar(select(Frame.id).order_by(Frame.id.desc()).limit(1)) or 0
     if existing:
-        info = {"frames": existing, "fill_s": "reused"}
+        with factory() as db:
+            info = {"frames": existing, "fill_s": "(reused)",
+                    **{name: db.scalar(select(func.count()).select_from(table)) for name, table in (
+                        ("detections", DetectionRow), ("alarms", Alarm), ("reviews", FrameReview))}}
         print(f"reusing {existing:,} frames in {url}", file=sys.stderr)
     else:
         print(f"filling {args.frames:,} frames into {url.split('@')[-1]}", file=sys.stderr, flush=True)
@@ -213,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, fn in other:
             lines.append(f"| {name} | {timed(fn, max(3, args.repeat // 4))} |")
             print(lines[-1], file=sys.stderr, flush=True)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         exported = sum(1 for _ in zip(range(20_000), listing.iterate(db, listing.ListFilter(kind="defective"))))
-        rate = exported / (time.perf_counter() - t)
-    lines += ["", f"CSV export walk (keyset batches of {listing.MAX_PAGE}): {rate:,.0f} frames/s over {exported:,} "
-              "defective frames"]
+        rate, cpu_rate = exported / (time.perf_counter() - t), exported / (time.process_time() - c)
+    lines += ["", f"CSV export walk (keyset batches of {listing.MAX_PAGE}): {rate:,.0f} frames/s wall, "
+              f"{cpu_rate:,.0f} frames per CPU-second, over {exported:,} defective frames"]
     http = http_figures(cfg, engine, args.repeat, newest.id)
     lines += ["", "| HTTP request (ASGI app, in process) | ms |", "| --- | --- |"]
     lines += [f"| {name} | {figure} |" for name, figure in http.items()]
@@ -242,11 +244,12 @@ def http_figures(cfg, engine, repeat: int, newest_id: int) -> dict[str, str]:
 
     cfg = cfg.model_copy(update={"web": cfg.web.model_copy(update={"live": "poll", "poll_interval_s": 60})})
     with TestClient(create_app(cfg, engine=engine), base_url="http://127.0.0.1") as client:
-        routes = {"GET / (alarms tab, first page)": "/?kind=alarms",
-                  "GET /ui/rows (next page, unreviewed defective)": "/ui/rows?kind=defective&review=unreviewed",
+        day = "since=2026-05-31T00:00"  # the fill ends 2026-06-01: the operator's last 24 h
+        routes = {"GET / (alarms tab, last 24 h, first page)": f"/?kind=alarms&{day}",
+                  "GET /ui/rows (unreviewed defective, last 24 h)": f"/ui/rows?kind=defective&review=unreviewed&{day}",
                   "GET /ui/frames/{id} (frame panel)": f"/ui/frames/{newest_id}",
                   "GET /api/frames?class=pin-hole": "/api/frames?class=pin-hole",
-                  "GET /trends": "/trends"}
+                  "GET /trends (48 h / 30 d / 24 h windows)": "/trends?until=2026-06-01T00:00"}
         out = {}
         for name, path in routes.items():
             def get(path=path):

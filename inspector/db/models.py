@@ -113,6 +113,7 @@ class Frame(Base):
         Index("ix_frames_camera_position_time", "camera_id", "position", "processed_at"),
         Index("ix_frames_processed_at", "processed_at"),
         Index("ix_frames_status_id", "status", "id"),  # keyset pages of the review list (commit order)
+        Index("ix_frames_camera_id", "camera_id", "id"),
         Index("ix_frames_camera_position_id", "camera_id", "position", "id"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

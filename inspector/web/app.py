@@ -24,11 +24,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select, text
 
 from inspector.config import StationConfig
 from inspector.db.migrate import upgrade_database
-from inspector.db.models import Frame
+from inspector.db.models import Camera, Frame
 from inspector.db.session import make_engine, make_session_factory
 from inspector.review import ACTIONS, ReviewError, record_review
 from inspector.web import listing, trends
@@ -87,6 +87,7 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
     if engine is None:
         engine = make_engine(cfg.db_url)
         upgrade_database(engine)
+        refresh_statistics(engine)
     auth = Authenticator(web, login_required)
     factory = make_session_factory(engine)
     live_mode = web.live if web.live != "auto" else "bus+poll"
@@ -196,6 +197,7 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
 
     def shell_context(db, f: listing.ListFilter) -> dict:
         return {"filter": f, "args": f.query_args(), "facets": st.facets(db), "counts": listing.counts(db, f),
+                "drifted": trends.drifted_positions(db),
                 "kinds": listing.KINDS, "severities": listing.SEVERITIES, "statuses": listing.STATUSES,
                 "review_states": listing.FRAME_STATES}
 
@@ -299,6 +301,30 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
             row_html = templates.get_template("_row.html").render(row=row, args={})
         return {"event": result, "state": state.state, "complete": state.complete, "panel": panel_html,
                 "row": row_html}
+
+    @app.post("/api/frames/{frame_id}/template")
+    def use_as_template(frame_id: int, who: Principal = Depends(reviewer)):
+        """The review page's "use this frame as template" (refused unless the frame is judged OK)."""
+        from inspector.template_learning import use_frame_as_template
+        from inspector.templates import TemplateError, TemplateStore
+
+        with st.factory() as db:
+            frame = db.get(Frame, frame_id)
+            if frame is None:
+                raise HTTPException(404, f"no frame {frame_id}")
+            cameras = {c.name: c.id for c in db.scalars(select(Camera).where(Camera.station_id == cfg.station))}
+            if frame.camera_id not in cameras.values():
+                raise HTTPException(422, "templates of another station are changed on that station")
+            try:
+                st.renderer.files.resolve(frame.stored_path)  # the file is in this station's directories
+            except ImageUnavailable as exc:
+                raise HTTPException(exc.status, str(exc)) from None
+        try:
+            row = use_frame_as_template(TemplateStore(cfg, st.factory, cameras), frame_id, by=who.name)
+        except TemplateError as exc:
+            raise HTTPException(422, str(exc)) from None
+        name = next(n for n, i in cameras.items() if i == row.camera_id)
+        return {"template_id": row.id, "version": row.version, "camera": name, "position": row.position}
 
     @app.get("/export.csv")
     def export_csv(request: Request, who: Principal = Depends(viewer), f: listing.ListFilter = Depends(list_filter)):
@@ -433,16 +459,26 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
     return app
 
 
-def when(text: str | None) -> datetime | None:
+def refresh_statistics(engine: Engine) -> None:
+    """SQLite: let the planner know the tables' sizes (``PRAGMA optimize`` with a bounded analysis, as SQLite
+    recommends for long-lived connections), so it drives rare filters from the small child-table indexes."""
+    if engine.dialect.name != "sqlite":
+        return  # PostgreSQL's autovacuum keeps its statistics
+    with engine.begin() as conn:
+        conn.execute(text("PRAGMA analysis_limit=1000"))
+        conn.execute(text("PRAGMA optimize=0x10002"))
+
+
+def when(value: str | None) -> datetime | None:
     """A filter time: ISO date/datetime (UTC if no zone) or an age such as 24h / 7d (as ``inspector history``)."""
-    if text is None:
+    if value is None:
         return None
     import argparse
 
     from inspector.cli import parse_time
 
     try:
-        return parse_time(text)
+        return parse_time(value)
     except argparse.ArgumentTypeError as exc:
         raise HTTPException(400, str(exc)) from None
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
-from inspector.db.models import Camera, DetectionRow, Frame, FrameReview
+from inspector.db.models import Camera, DetectionRow, Frame, FrameReview, Template
 from inspector.web.listing import ListFilter, filtered
 
 PALETTE = ("#e4572e", "#17bebb", "#ffc914", "#76b041", "#8e6ccf", "#f28bb4", "#4d9de0", "#a0a0a0")
@@ -94,9 +94,10 @@ def false_call_rate_per_day(db: Session, f: ListFilter, days: int = 30) -> list[
     day = bucket(db, FrameReview.processed_at, "day")
     query = (select(day, func.sum(FrameReview.false_calls),
                     func.sum(FrameReview.confirmed + FrameReview.reclassified + FrameReview.false_calls))
-             .select_from(FrameReview).join(Frame, Frame.id == FrameReview.frame_id)
              .where(FrameReview.processed_at >= f.since, FrameReview.processed_at < f.until))
-    query = filtered(db, replace(f, since=None, until=None), query)
+    scope = replace(f, since=None, until=None)
+    if scope != ListFilter():  # frame filters: join the frames by primary key (else the summaries suffice)
+        query = filtered(db, scope, query.join(Frame, Frame.id == FrameReview.frame_id))
     found = {d: (int(fc or 0), int(n or 0)) for d, fc, n in db.execute(query.group_by(day))}
     start = f.since.replace(hour=0, minute=0, second=0, microsecond=0)  # type: ignore[union-attr]
     return [DayRate(d, found.get(d, (0, 0))[1], found.get(d, (0, 0))[0])
@@ -110,7 +111,11 @@ class PositionRow:
     frames: int
     defective: int
     per_class: dict[str, int]
-    drift: bool = False
+    template: Template | None = None  # the active version, with the daemon's drift verdict (inspector.drift)
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.template is not None and self.template.drifted)
 
     @property
     def defect_rate(self) -> float:
@@ -144,4 +149,21 @@ def position_heatmap(db: Session, f: ListFilter, days: int = 1) -> HeatMap:
         if (names[cam], pos) in rows:
             rows[(names[cam], pos)].per_class[cls] = int(n)
             classes.add(cls)
+    for cam_id, template in active_templates(db).items():
+        key = (names.get(cam_id[0]), cam_id[1])
+        if key in rows:
+            rows[key].template = template
     return HeatMap(sorted(classes), [rows[k] for k in sorted(rows)])
+
+
+def active_templates(db: Session) -> dict[tuple[int, str], Template]:
+    """(camera id, position) -> the active template version (a small table: one row per position)."""
+    return {(t.camera_id, t.position): t for t in db.scalars(select(Template).where(Template.active.is_(True)))}
+
+
+def drifted_positions(db: Session) -> list[tuple[str, str, Template]]:
+    """(camera, position, template) of every position whose active template the daemon flags as drifted."""
+    names = dict(db.execute(select(Camera.id, Camera.name)).all())
+    return [(names[t.camera_id], t.position, t) for t in db.scalars(
+        select(Template).where(Template.active.is_(True), Template.drifted.is_(True))
+        .order_by(Template.camera_id, Template.position))]

@@ -196,3 +196,33 @@ def test_live_view_announces_new_results_from_the_bus_and_the_database(make_conf
                 stop.set()
                 rows = web.get(f"/ui/rows?newer_than={newest - 1}").text
                 assert f'data-id="{newest}"' in rows
+
+
+def test_drift_flag_and_use_as_template(make_config, start_daemon, frames, wait):
+    """The page shows the daemon's drift verdict (templates.drifted) and promotes only frames judged OK."""
+    from sqlalchemy import update
+
+    cfg = make_config(**station_overrides())
+    daemon = start_daemon(cfg)
+    process_frames(daemon, frames, wait, 4)
+    with daemon.factory() as db:
+        ok = db.scalars(select(Frame).where(Frame.status == "ok")).first()
+        bad = db.scalars(select(Frame).where(Frame.status == "defective")).first()
+    daemon.stop()  # its drift tracker would write its own verdict over the one set here
+    with daemon.factory.begin() as db:
+        db.execute(update(Template).where(Template.active.is_(True), Template.position == ok.position)
+                   .values(drifted=True, residual_baseline=2.0, residual_recent=7.5))
+    with client(cfg) as web:
+        page = web.get("/")
+        assert 'id="drift-banner"' in page.text and f"cam1 · {ok.position}" in page.text
+        trends_page = web.get("/trends").text
+        assert trends_page.count(">drifted<") == 1
+        token = csrf_of(page.text)
+        refused = web.post(f"/api/frames/{bad.id}/template", headers=same_site(token))
+        assert refused.status_code == 422 and "not judged OK" in refused.json()["detail"]
+        assert web.post(f"/api/frames/{ok.id}/template").status_code == 403  # CSRF
+        made = web.post(f"/api/frames/{ok.id}/template", headers=same_site(token))
+        assert made.status_code == 200 and made.json()["version"] == 2
+    with daemon.factory() as db:
+        active = db.scalar(select(Template).where(Template.active.is_(True), Template.position == ok.position))
+    assert active.provenance["frames"] == [ok.id] and active.provenance["by"] == "local" and not active.drifted

@@ -148,11 +148,14 @@
         if (!img.naturalWidth) return;
         svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
         // as large as the pane allows (small frames scaled up, pixel-exact), the overlay follows the image box
-        const wide = panelEl.clientWidth > 900;  // side by side with the detections: leave them ~620 px
-        const across = wide ? panelEl.clientWidth - 660 : panelEl.clientWidth - 40;
+        const wide = panelEl.clientWidth > 900;  // side by side with the detections: leave them ~680 px
+        const across = wide ? panelEl.clientWidth - 700 : panelEl.clientWidth - 40;
         const room = Math.min(across, window.innerHeight * 0.62 * img.naturalWidth / img.naturalHeight);
-        img.style.width = Math.max(200, Math.min(room, img.naturalWidth * 4)) + "px";
-        img.classList.toggle("small", img.naturalWidth * 1.5 < room);
+        const width = Math.max(240, Math.min(room, img.naturalWidth * 4));
+        img.style.width = width + "px";
+        const left = img.closest(".frame-left");
+        if (left) left.style.maxWidth = (wide ? width : panelEl.clientWidth - 40) + "px";
+        img.classList.toggle("small", img.naturalWidth * 1.5 < width);
       };
       if (img.complete) fit(); else img.addEventListener("load", fit);
     }
@@ -214,6 +217,17 @@
   function frameAction(action) {
     if (action === "missed") { startDrawing(); return; }
     review({ action });
+  }
+
+  async function useAsTemplate() {
+    const frame = frameEl();
+    if (!frame || !canReview()) { toast("you cannot change templates (viewer role)", true); return; }
+    if (!window.confirm("Make this frame the new template version of its position? The daemon uses it within seconds.")) return;
+    const response = await request(`/api/frames/${frame.dataset.frameId}/template`, {
+      method: "POST", headers: { "X-CSRF-Token": csrf } });
+    if (!response.ok) { toast(await detail(response), true); return; }
+    const data = await response.json();
+    toast(`template v${data.version} of ${data.camera} · ${data.position} registered`);
   }
 
   // wrong class: the selected detection's menu, then a digit picks the class
@@ -306,6 +320,7 @@
     const row = target.closest("tr.row");
     if (row) { event.preventDefault(); openFrame(row.dataset.id); return; }
     if (target.closest("#more")) { loadMore(); return; }
+    if (target.closest("#use-template")) { useAsTemplate(); return; }
     const pick = target.closest("#class-picker button");
     if (pick) { if (pick.dataset.cancel !== undefined) stopDrawing(); else chooseMissedClass(pick.dataset.class); return; }
     const button = target.closest("button[data-action]");
@@ -418,6 +433,18 @@
     source.addEventListener("error", () => { indicator.classList.remove("on"); });
     window.addEventListener("beforeunload", () => source.close());
   }
+
+  // An image asked for the moment its result committed can miss its file for a few hundred ms (the daemon
+  // moves and annotates after the commit): retry a few times instead of showing a broken image.
+  document.addEventListener("error", (event) => {
+    const img = event.target;
+    if (!(img instanceof HTMLImageElement) || !img.src.includes("/img/")) return;
+    const tries = Number(img.dataset.tries || 0);
+    if (tries >= 4) return;
+    img.dataset.tries = tries + 1;
+    const base = img.src.split("?")[0];
+    setTimeout(() => { img.src = `${base}?try=${tries + 1}`; }, 700 * (tries + 1));
+  }, true);
 
   // -- start ------------------------------------------------------------------------------------------------
   if (onReviewPage) {
