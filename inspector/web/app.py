@@ -30,10 +30,10 @@ from inspector.config import StationConfig
 from inspector.db.migrate import upgrade_database
 from inspector.db.models import Camera, Frame
 from inspector.db.session import make_engine, make_session_factory
-from inspector.review import ACTIONS, ReviewError, record_review
+from inspector.review import ACTIONS, ReviewError, record_review, review_states
 from inspector.web import listing, trends
-from inspector.web.auth import (CSRF_COOKIE, CSRF_HEADER, LOCAL, SESSION_COOKIE, Authenticator, Principal,
-                                csrf_matches)
+from inspector.web.auth import (CSRF_COOKIE, CSRF_HEADER, LOCAL, SESSION_COOKIE, Authenticator, LoginBusy,
+                                Principal, csrf_matches)
 from inspector.web.guards import GuardMiddleware, cross_site, same_origin
 from inspector.web.images import CROP_KINDS, Encoded, ImageUnavailable, Renderer
 from inspector.web.live import BusSource, LiveHub, PollSource, curve_client
@@ -206,7 +206,7 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
     def index(request: Request, who: Principal = Depends(viewer), f: listing.ListFilter = Depends(list_filter)):
         selected = request.query_params.get("frame")
         with st.factory() as db:
-            result = listing.page(db, f, request.query_params.get("cursor") or None)
+            result = fetch_page(db, request, f)
             panel = None
             if selected and selected.isdigit():
                 panel = frame_view(db, cfg, int(selected), st.facets(db)["classes"])
@@ -333,25 +333,23 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
                                  headers={"content-disposition": f'attachment; filename="{name}"'})
 
     def csv_rows(f: listing.ListFilter) -> Iterator[str]:
-        from inspector.review import review_states
-
+        """One keyset page per short read transaction (a long export never holds the database's snapshot)."""
         columns = ["frame_id", "processed_at", "station", "camera", "position", "serial", "frame", "status",
                    "severity", "review", "detection_id", "class", "score", "x1", "y1", "x2", "y2", "verdict",
                    "reviewed_class", "last_reviewer"]
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(columns)
-        with st.factory() as db:
-            batch: list[listing.ListRow] = []
-            for row in listing.iterate(db, f):
-                batch.append(row)
-                if len(batch) == listing.MAX_PAGE:
-                    yield from _csv_batch(db, batch, writer, out, review_states)
-                    batch = []
-            yield from _csv_batch(db, batch, writer, out, review_states)
-        yield out.getvalue()
+        cursor = None
+        while True:
+            with st.factory() as db:
+                result = listing.page(db, f, cursor, listing.MAX_PAGE)
+                yield _csv_batch(db, result.rows, writer, out)
+            if result.next_cursor is None:
+                return
+            cursor = result.next_cursor
 
-    def _csv_batch(db, batch, writer, out, review_states) -> Iterator[str]:
+    def _csv_batch(db, batch: list[listing.ListRow], writer, out: io.StringIO) -> str:
         states = review_states(db, [r.frame for r in batch])
         for r in batch:
             fr, state = r.frame, states[r.frame.id]
@@ -370,7 +368,7 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
         text_out = out.getvalue()
         out.seek(0)
         out.truncate()
-        yield text_out
+        return text_out
 
     # -- live view -------------------------------------------------------------------------------------------
     @app.get("/live")
@@ -433,7 +431,10 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
         form = await request.form()
         check_csrf(request, Principal("", "", "session"), str(form.get("csrf", "")))
         name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
-        found = await asyncio.to_thread(st.auth.login, name, password)
+        try:
+            found = await asyncio.to_thread(st.auth.login, name, password)
+        except LoginBusy as exc:
+            raise HTTPException(429, str(exc), headers={"retry-after": "5"}) from None
         target = safe_next(str(form.get("next", "/")))
         if found is None:
             response = page(request, "login.html", {"next": target, "error": "wrong name or password"}, None)
@@ -445,8 +446,9 @@ def create_app(cfg: StationConfig, *, login_required: bool = False, engine: Engi
         return response
 
     @app.post("/logout")
-    def logout(request: Request, who: Principal = Depends(viewer)):
-        check_csrf(request, who)
+    async def logout(request: Request, who: Principal = Depends(viewer)):
+        form = await request.form()  # the header's form posts its CSRF token as a field
+        check_csrf(request, who, str(form.get("csrf", "")) or None)
         st.auth.logout(request.cookies.get(SESSION_COOKIE))
         response = RedirectResponse("/login" if st.auth.login_required else "/", status_code=303)
         response.delete_cookie(SESSION_COOKIE, path="/")

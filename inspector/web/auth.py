@@ -26,6 +26,12 @@ CSRF_COOKIE = "rddn_csrf"
 CSRF_HEADER = "x-csrf-token"
 MAX_SESSIONS = 1000
 LOGIN_FAILURE_DELAY_S = 0.5
+LOGIN_SLOTS = 2  # password checks at once
+LOGIN_WAIT_S = 5.0
+
+
+class LoginBusy(RuntimeError):
+    """Every login slot is taken (answered 429)."""
 
 
 def hash_password(password: str, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
@@ -88,11 +94,19 @@ class Authenticator:
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
         self._dummy_hash = hash_password(secrets.token_urlsafe(8))  # equal work for unknown user names
+        self._login_slots = threading.BoundedSemaphore(LOGIN_SLOTS)
 
     # -- logins ----------------------------------------------------------------------------------------------
     def login(self, name: str, password: str) -> tuple[str, Session] | None:
-        user = self._users.get(name)
-        ok = verify_password(password, user.password_hash if user else self._dummy_hash) and user is not None
+        """A new session, or None for a wrong name/password. Raises LoginBusy when LOGIN_SLOTS hashes are
+        being checked already (each scrypt check takes 16 MiB and ~50 ms of CPU: a flood must not add up)."""
+        if not self._login_slots.acquire(timeout=LOGIN_WAIT_S):
+            raise LoginBusy("too many logins at once; try again")
+        try:
+            user = self._users.get(name)
+            ok = verify_password(password, user.password_hash if user else self._dummy_hash) and user is not None
+        finally:
+            self._login_slots.release()
         if not ok:
             time.sleep(LOGIN_FAILURE_DELAY_S)  # slows guessing; scrypt already costs ~50 ms per try
             return None

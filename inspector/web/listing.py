@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Iterator
 
 from sqlalchemy import Select, exists, false, func, select
 from sqlalchemy.orm import Session
@@ -233,17 +232,6 @@ def decorate(db: Session, frames: list[Frame]) -> list[ListRow]:
     reviews = {r.frame_id: r for r in db.scalars(select(FrameReview).where(FrameReview.frame_id.in_(ids)))}
     return [ListRow(fr, cameras[fr.camera_id].name, cameras[fr.camera_id].station_id, severity.get(fr.id),
                     reviews.get(fr.id)) for fr in frames]
-
-
-def iterate(db: Session, f: ListFilter, batch: int = MAX_PAGE) -> Iterator[ListRow]:
-    """Every row of the filtered list, newest first, in keyset batches (bounded memory: CSV export)."""
-    cursor = None
-    while True:
-        result = page(db, f, cursor, batch)
-        yield from result.rows
-        if result.next_cursor is None:
-            return
-        cursor = result.next_cursor
 
 
 BADGE_WINDOW = timedelta(hours=24)

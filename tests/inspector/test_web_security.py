@@ -157,7 +157,9 @@ def test_logins_roles_tokens_and_cross_site_posts(make_config, start_daemon, fra
                                                                   "Sec-Fetch-Site": "cross-site"}).status_code == 403
         ok = ann.post(url, json=body, headers=same_site(token_ann))
         assert ok.status_code == 200, ok.text
-        assert ann.post("/logout", data={"csrf": token_ann}, headers=same_site(token_ann),
+        browser_form = {"Origin": BASE, "Sec-Fetch-Site": "same-origin"}  # the header's form: token as a field
+        assert ann.post("/logout", data={"csrf": "forged"}, headers=browser_form).status_code == 403
+        assert ann.post("/logout", data={"csrf": token_ann}, headers=browser_form,
                         follow_redirects=False).status_code == 303
         assert ann.post(url, json=body, headers=same_site(token_ann)).status_code == 401  # session ended
     with daemon.factory() as db:
@@ -209,3 +211,21 @@ def test_login_redirects_stay_on_this_site():
     assert safe_next("/frames/3?kind=alarms") == "/frames/3?kind=alarms"
     for target in ("https://evil.example/", "//evil.example/x", "/\\evil.example", "", None, "javascript:alert(1)"):
         assert safe_next(target) == "/"
+
+
+def test_password_checks_are_bounded(monkeypatch, password_hash):
+    """A flood of logins cannot run more scrypt checks at once than LOGIN_SLOTS (memory and CPU stay bounded)."""
+    from inspector.web import auth as auth_module
+    from inspector.web.config import WebConfig
+
+    monkeypatch.setattr(auth_module, "LOGIN_WAIT_S", 0.1)
+    authenticator = auth_module.Authenticator(WebConfig(users=[{"name": "ann", "role": "reviewer",
+                                                                "password_hash": password_hash}]), True)
+    assert authenticator.login("ann", PASSWORD) is not None
+    for _ in range(auth_module.LOGIN_SLOTS):
+        authenticator._login_slots.acquire()  # every slot busy with someone else's check
+    with pytest.raises(auth_module.LoginBusy):
+        authenticator.login("ann", PASSWORD)
+    authenticator._login_slots.release()
+    sid, session = authenticator.login("ann", PASSWORD)
+    assert authenticator.session(sid).principal.name == "ann" and session.principal.role == "reviewer"
