@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
+from inspector import MAX_FRAME_PIXELS
 from inspector.align import fill_uncovered, warp_template
 from inspector.config import StationConfig
 from inspector.db.models import DetectionRow, Frame, ReviewEvent, Template
-from inspector.pipeline import MAX_FRAME_PIXELS, image_dimensions
+from inspector.imageformat import inspect_image
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 HEADER_BYTES = 1024 * 1024  # enough for a JPEG's start-of-frame after large EXIF blocks
@@ -35,6 +36,12 @@ DIFF_GAIN = 4.0  # |frame - template| * gain, clipped: the same scale on every c
 CACHE_BYTES = 192 * 1024 * 1024
 BROWSER_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 CROP_KINDS = ("frame", "template", "diff")
+
+
+def _dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) the image's header declares (any format the daemon takes), without decoding."""
+    header = inspect_image(data)
+    return (header.width, header.height) if header.width and header.height else None
 
 
 class ImageUnavailable(Exception):
@@ -86,7 +93,7 @@ class StationFiles:
 
 def decode(data: bytes, reduced: int = 1) -> np.ndarray:
     """BGR image, refusing pixel bombs before decoding; ``reduced`` 2/4/8 decodes JPEGs at that scale."""
-    dims = image_dimensions(data)
+    dims = _dimensions(data)
     if dims is not None and dims[0] * dims[1] > MAX_FRAME_PIXELS:
         raise ImageUnavailable(f"image declares {dims[0]}x{dims[1]} pixels; not decoded", 413)
     flag = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
@@ -180,7 +187,7 @@ class Renderer:
             return None
         with open(path, "rb") as handle:
             head = handle.read(HEADER_BYTES)
-        dims = image_dimensions(head)
+        dims = _dimensions(head)
         if dims is None:
             with self._slots:
                 try:
@@ -254,7 +261,7 @@ class Renderer:
 
 def _reduction(data: bytes, width: int) -> int:
     """The largest JPEG decode reduction that still yields at least ``width`` px (1 for other formats)."""
-    dims = image_dimensions(data)
+    dims = _dimensions(data)
     if dims is None or data[:2] != b"\xff\xd8":
         return 1
     for factor in (8, 4, 2):
