@@ -2,6 +2,7 @@
 or listens beyond loopback unauthenticated unless the config says so; check-config never prints a password."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,17 @@ def test_check_config_masks_the_database_password(tmp_path, capsys):
     out = capsys.readouterr()
     assert "topsecret" not in out.out + out.err and "alsosecret" not in out.out + out.err
     assert "postgresql+psycopg://u:***@db/x?password=***" in out.out
+
+
+def test_daemon_warns_at_every_start_about_an_allowed_plaintext_listener(make_config, caplog):
+    from inspector.daemon import Daemon
+
+    # 192.0.2.1 (TEST-NET-1) is on no interface here: the bind fails right after the warning, nothing listens
+    cfg = make_config(bus={"publish": "tcp://192.0.2.1:5556", "replay": "tcp://127.0.0.1:*",
+                           "allow_plaintext": True})
+    caplog.set_level(logging.WARNING, logger="inspector.daemon")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="cannot bind"):
+            Daemon(cfg).start()
+    warnings = [r for r in caplog.records if r.getMessage() == "listener reachable from the network without authentication"]
+    assert len(warnings) == 2 and "bus.publish: tcp://192.0.2.1:5556" in warnings[0].fields["warning"]  # type: ignore[attr-defined]
