@@ -63,14 +63,22 @@ def test_detections_on_a_padded_image_stay_inside_its_content(tiny_config) -> No
     padded_i[..., :64, :64], padded_t[..., :64, :64] = image, template
     with torch.no_grad():
         det = model(padded_i, padded_t, image_sizes=[(64, 64)])[0]
+    assert det["boxes"].shape[0] > 0
     assert bool((det["boxes"][:, 2:] <= 64).all())
+    assert float(det["boxes"][:, 2:].max()) > 32  # boxes do spread over the content, just not beyond it
 
 
-def test_detections_per_image_cap(tiny_config) -> None:
+def test_detections_per_image_cap_keeps_the_top_scores(tiny_config) -> None:
     model = build_model(tiny_config(roi_head={"detections_per_img": 5})).eval()
+    images = _batch(n=1)[0]
     with torch.no_grad():
-        out = model(_batch(n=1)[0])
-    assert out[0]["scores"].shape[0] <= 5
+        capped = model(images)[0]
+        model.roi_heads.detections_per_img = 100
+        uncapped = model(images)[0]
+    assert uncapped["scores"].shape[0] > 5
+    assert capped["scores"].shape[0] == 5
+    assert torch.equal(capped["scores"], uncapped["scores"][:5])
+    assert torch.equal(capped["boxes"], uncapped["boxes"][:5])
 
 
 def test_input_errors_name_the_problem(tiny_config, targets) -> None:
@@ -100,6 +108,18 @@ def test_ptg_training_needs_is_normal(tiny_config, targets) -> None:
     no_flag = [{k: v for k, v in t.items() if k != "is_normal"} for t in targets]
     with pytest.raises(ValueError, match="is_normal"):
         model(_batch()[0], targets=no_flag)
+
+
+def test_ptg_loss_alone_trains_generator_and_backbone(tiny_config, targets) -> None:
+    """Eq. (13) is a loss of the whole network (paper: PTG and detector trained jointly, end to end): its gradient
+    reaches the backbone, and it never reaches the detection heads."""
+    model = build_model(tiny_config(reference={"feature": "ptg"})).train()
+    model(_batch()[0], targets=targets)["loss_ptg"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.ptg.generators[0].parameters())
+    for stage in (model.backbone.conv1, model.backbone.layer1[0].conv1, model.backbone.layer4[0].conv1):
+        assert stage.weight.grad is not None and stage.weight.grad.abs().sum() > 0
+    assert model.roi_heads.stages[0].box_head.fc6.weight.grad is None
+    assert model.fpn.inner_blocks[0].weight.grad is None
 
 
 def test_ptg_loss_uses_only_the_normal_image(tiny_config, targets) -> None:

@@ -22,10 +22,10 @@ class _FirstImage(torch.nn.Module):
         return det["boxes"], det["scores"], det["labels"]
 
 
-def test_cascade_tr_pre_cr_tr_post_traces_to_onnx_and_matches(tiny_config, tmp_path: Path) -> None:
+def test_cascade_ptg_cr_tr_post_traces_to_onnx_and_matches(tiny_config, tmp_path: Path) -> None:
     ort = pytest.importorskip("onnxruntime")
     model = build_model(
-        tiny_config(architecture="cascade", reference={"input": "tr_pre"}, context={"enabled": True})
+        tiny_config(architecture="cascade", reference={"feature": "ptg"}, context={"enabled": True})
     ).eval()
     wrapper = _FirstImage(model).eval()
     image, template = torch.rand(1, 3, 64, 64) * 255, torch.rand(1, 3, 64, 64) * 255

@@ -48,15 +48,11 @@ def test_tr_inter_gives_exact_zero_for_identical_image_and_template() -> None:
     assert any(torch.count_nonzero(f) > 0 for f in features)
 
 
-def test_tr_inter_is_plain_difference_and_tr_fuse_keeps_stage_width() -> None:
+def test_tr_inter_is_plain_difference() -> None:
     image = [torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)]
     reference = [torch.rand(2, 8, 4, 4), torch.rand(2, 16, 2, 2)]
     inter = TemplateFusion("tr_inter", [8, 16])(image, reference)
     assert all(torch.equal(d, i - r) for d, i, r in zip(inter, image, reference))
-    fuse = TemplateFusion("tr_fuse", [8, 16])
-    fused = fuse(image, reference)
-    assert [f.shape for f in fused] == [i.shape for i in image]
-    assert fuse.fuse[0].in_channels == 16 and fuse.fuse[0].out_channels == 8
     with pytest.raises(ValueError, match="tr_inter or tr_fuse"):
         TemplateFusion("ptg", [8])  # type: ignore[arg-type]
 
@@ -116,6 +112,19 @@ def test_ptg_loss_is_zero_but_differentiable_without_normal_samples() -> None:
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in ptg.parameters())
+
+
+def test_ptg_loss_gradient_reaches_the_features_through_target_and_generator() -> None:
+    """Eq. (13) trained end to end (paper Sec. IV-B): nothing detached. With G(C) = C / 2 the loss of the normal
+    sample is mean((C/2 - C)^2) = mean(C^2) / 4, so dL/dC = C / (2 n) (n = elements of one sample). Detaching the
+    target C would leave only the path through G: 2 (C/2 - C) / 2 / n = -C / (2 n), the opposite sign."""
+    torch.manual_seed(0)
+    features = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = ptg_loss([features], [features * 0.5], torch.tensor([True, False]))
+    loss.backward()
+    n = 3 * 4 * 4
+    assert torch.allclose(features.grad[0], features.detach()[0] / (2 * n), atol=1e-7)
+    assert torch.count_nonzero(features.grad[1]) == 0  # the defective sample contributes nothing
 
 
 def test_ptg_loss_rejects_wrong_mask_length() -> None:

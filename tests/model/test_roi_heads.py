@@ -68,24 +68,6 @@ def test_stage_losses_use_only_the_gt_class_deltas_of_positives() -> None:
     assert torch.isclose(loss_box, torch.tensor((1.0 - 0.5 / 9.0) / 3.0))
 
 
-def test_model_training_passes_each_stage_the_refined_boxes_of_the_previous(tiny_config, targets, monkeypatch) -> None:
-    model = build_model(tiny_config(architecture="cascade")).train()
-    calls = []
-    original = model.roi_heads.sample_proposals
-
-    def spy(proposals, tgts, stage):
-        out = original(proposals, tgts, stage)
-        calls.append((stage.spec.iou_thresh, [p.shape[0] for p in proposals], [b.shape[0] for b in out.boxes]))
-        return out
-
-    monkeypatch.setattr(model.roi_heads, "sample_proposals", spy)
-    losses = model(torch.rand(2, 3, 64, 64) * 255, targets=targets)
-    assert [c[0] for c in calls] == [0.4, 0.5, 0.6]
-    for previous, current in zip(calls, calls[1:]):
-        assert current[1] == previous[2]  # stage t+1 samples from stage t's (refined) sampled RoIs
-    assert {f"loss_cls_stage{i}" for i in range(3)} <= set(losses)
-
-
 def _constant_stage(stage: nn.Module, cls_bias: list[float], delta_bias: list[float]) -> None:
     """Make a stage's outputs independent of its input: zero weights, chosen biases."""
     predictor = stage.box_predictor
@@ -95,13 +77,43 @@ def _constant_stage(stage: nn.Module, cls_bias: list[float], delta_bias: list[fl
     predictor.bbox_pred.bias.data = torch.tensor(delta_bias)
 
 
+def test_training_passes_each_stage_the_refined_boxes_of_the_previous(tiny_config, targets, monkeypatch) -> None:
+    """Stage t+1 samples from stage t's sampled RoIs moved by stage t's deltas. Constant deltas make the move known
+    by hand: stage 0 dx = 3 with weight 10 -> +0.3 w in x; stage 1 dy = 3 with weight 20 -> +0.15 h in y."""
+    model = build_model(tiny_config(architecture="cascade")).train()
+    heads = model.roi_heads
+    _constant_stage(heads.stages[0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0] * 3)
+    _constant_stage(heads.stages[1], [0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0] * 3)
+    calls = []
+    original = heads.sample_proposals
+
+    def spy(proposals, tgts, stage):
+        out = original(proposals, tgts, stage)
+        calls.append(([p.clone() for p in proposals], [b.clone() for b in out.boxes]))
+        return out
+
+    monkeypatch.setattr(heads, "sample_proposals", spy)
+    losses = model(torch.rand(2, 3, 64, 64) * 255, targets=targets)
+    assert len(calls) == 3 and {f"loss_cls_stage{i}" for i in range(3)} <= set(losses)
+    moves = [lambda b: b + torch.stack([0.3 * (b[:, 2] - b[:, 0]), 0 * b[:, 0]] * 2, dim=1),
+             lambda b: b + torch.stack([0 * b[:, 0], 0.15 * (b[:, 3] - b[:, 1])] * 2, dim=1)]
+    for stage, move in enumerate(moves):
+        _, sampled = calls[stage]
+        given_next, _ = calls[stage + 1]
+        for boxes, nxt in zip(sampled, given_next):
+            expected = move(boxes).clamp(min=0, max=64)
+            assert nxt.shape == boxes.shape
+            assert torch.allclose(nxt, expected, atol=1e-4)
+            assert not torch.allclose(nxt, boxes, atol=1e-2)  # the refinement really moved them
+
+
 def test_cascade_inference_averages_stage_scores_and_uses_last_stage_boxes(tiny_config) -> None:
     heads = _heads(tiny_config, architecture="cascade", roi_head={"score_thresh": 0.0}).eval()
     logits = [[0.0, 1.0, -1.0], [0.0, 0.0, 2.0], [1.0, 0.5, 0.0]]
     last_delta = [0.0] * 4 + [3.0, 0.0, 0.0, 0.0] + [0.0] * 4  # class 1: dx = 3 / 30 of the width
-    for stage, stage_logits in zip(heads.stages, logits):
-        _constant_stage(stage, stage_logits, [0.0] * 12)
-    _constant_stage(heads.stages[2], logits[2], last_delta)
+    first_delta = [3.0, 0.0, 0.0, 0.0] * 3  # every class: dx = 3 / 10 of the width
+    for stage, stage_logits, delta in zip(heads.stages, logits, (first_delta, [0.0] * 12, last_delta)):
+        _constant_stage(stage, stage_logits, delta)
     features = [torch.rand(1, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
     proposal = torch.tensor([[10.0, 10.0, 30.0, 40.0]])
     with torch.no_grad():
@@ -110,8 +122,10 @@ def test_cascade_inference_averages_stage_scores_and_uses_last_stage_boxes(tiny_
     by_label = {int(l): (s, b) for l, s, b in zip(out["labels"], out["scores"], out["boxes"])}
     assert set(by_label) == {1, 2}
     assert torch.allclose(torch.stack([by_label[1][0], by_label[2][0]]), expected)
-    assert torch.allclose(by_label[1][1], proposal[0] + torch.tensor([2.0, 0.0, 2.0, 0.0]), atol=1e-5)
-    assert torch.allclose(by_label[2][1], proposal[0], atol=1e-5)
+    # stage 0 moves the 20 px wide proposal by 6 px, stage 1 keeps it, stage 2 moves class 1 by another 2 px
+    refined = proposal[0] + torch.tensor([6.0, 0.0, 6.0, 0.0])
+    assert torch.allclose(by_label[1][1], refined + torch.tensor([2.0, 0.0, 2.0, 0.0]), atol=1e-5)
+    assert torch.allclose(by_label[2][1], refined, atol=1e-5)
 
 
 def test_postprocess_thresholds_nms_per_class_and_caps(tiny_config) -> None:

@@ -40,17 +40,38 @@ def test_table7_combination_builds_and_detects(tiny_config, architecture, depth,
     images = torch.rand(1, 3, 64, 64) * 255
     with torch.no_grad():
         out = model(images, images.flip(-1) if reference == "tr_pre" else None)
-    assert set(out[0]) == {"boxes", "scores", "labels"} and out[0]["boxes"].shape[1] == 4
+    _assert_detections(out, num_images=1, num_classes=2)
+
+
+def _assert_detections(out: list[dict], num_images: int, num_classes: int) -> None:
+    """The eval-mode contract, with at least one detection per image (an untrained head scores every class)."""
+    assert len(out) == num_images
+    for det in out:
+        assert set(det) == {"boxes", "scores", "labels"}
+        count = det["scores"].shape[0]
+        assert 0 < count <= 100 and det["boxes"].shape == (count, 4) and det["labels"].shape == (count,)
+        assert bool(((det["labels"] >= 1) & (det["labels"] <= num_classes)).all())
 
 
 @pytest.mark.parametrize("feature", ["tr_inter", "tr_fuse"])
 def test_tr_inter_and_tr_fuse_build_with_any_backbone(tiny_config, feature) -> None:
+    """R50-DCN with a template branch: detections follow the template; with template == image TR-Inter's network
+    input C(I) - C(T) is exactly zero, so two different boards give the same output."""
     model = build_model(tiny_config(backbone={"depth": 50, "width": 8, "dcn": True}, reference={"feature": feature},
                                     rpn={"post_nms_top_n_test": 20})).eval()
-    images = torch.rand(1, 3, 64, 64) * 255
-    with torch.no_grad():
-        assert len(model(images, images * 0.5)) == 1
     assert (model.template_fusion.fuse is not None) == (feature == "tr_fuse")
+    torch.manual_seed(3)
+    images = torch.rand(2, 3, 64, 64) * 255
+    with torch.no_grad():
+        out = model(images, images * 0.5)
+        other_template = model(images, images.flip(-1))
+        self_template = model(images, images.clone())
+    _assert_detections(out, num_images=2, num_classes=2)
+    a, b = out[0]["scores"], other_template[0]["scores"]
+    assert a.shape != b.shape or not torch.allclose(a, b)
+    if feature == "tr_inter":
+        assert torch.equal(self_template[0]["scores"], self_template[1]["scores"])
+        assert torch.equal(self_template[0]["boxes"], self_template[1]["boxes"])
 
 
 def test_full_width_r101_dcn_cascade_ptg_cr_has_the_papers_dimensions() -> None:
@@ -75,7 +96,7 @@ def test_full_width_r101_dcn_cascade_ptg_cr_has_the_papers_dimensions() -> None:
     assert trainable < n_params  # stem + stage 1 frozen
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64) * 255)
-    assert len(out) == 1
+    _assert_detections(out, num_images=1, num_classes=3)
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,8 @@ class ReferenceConfig(StrictModel):
                 f"reference.input=tr_pre with reference.feature={self.feature}: TR-Pre already subtracts the "
                 "template from the input, the template branch would see T - T = 0. Choose one."
             )
+        if self.tr_post:
+            check_tr_post_supported(self)
         if self.input == "tr_pre" and self.feature == "ptg":
             raise ValueError(
                 "reference.input=tr_pre with reference.feature=ptg: PTG is for data without templates, "
@@ -119,6 +121,19 @@ class ReferenceConfig(StrictModel):
     def needs_template(self) -> bool:
         """True when the network itself cannot run without a template image."""
         return self.input == "tr_pre" or self.feature in ("tr_inter", "tr_fuse")
+
+
+def check_tr_post_supported(reference: ReferenceConfig) -> None:
+    """TR-Post compares F_I with F_T, the template's region features along the image's own path. A model that
+    takes the template as an input (TR-Pre, TR-Inter, TR-Fuse) has no such path for the template alone: it would
+    see T - T, and F_T would be one constant for every RoI. Raises ValueError naming the keys."""
+    if reference.needs_template:
+        raise ValueError(
+            f"TR-Post (reference.tr_post / --tr-post) with reference.input={reference.input}, "
+            f"reference.feature={reference.feature}: this model sees the template only through the image-template difference, so the template's own region features "
+            "would be those of T - T (one constant for every RoI). TR-Post is for models without a template "
+            "input (reference.input=mean_std with feature none or ptg)."
+        )
 
 
 class ContextConfig(StrictModel):

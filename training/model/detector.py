@@ -17,7 +17,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 
 from training.model.backbone import ResNetBackbone
-from training.model.config import ModelConfig
+from training.model.config import ModelConfig, check_tr_post_supported
 from training.model.fpn import FPN
 from training.model.references import PseudoTemplateGenerator, TemplateFusion, normalize, ptg_loss, tr_pre
 from training.model.roi_heads import RoIHeads
@@ -136,13 +136,20 @@ class RDDN(nn.Module):
         template_features = None
         if self._use_tr_post(tr_post, templates):
             assert templates is not None
-            # the template seen as the image: F_T is what the model extracts from a defect-free version
-            template_features, _ = self.extract_features(templates, templates, valid_mask)
+            # F_T: the template goes the image's own path (backbone, PTG if any, FPN; the RoI head pools it at
+            # the image's RoIs). Only models that take no template input get here, see _use_tr_post.
+            template_features, _ = self.extract_features(templates, None, valid_mask)
         return self.roi_heads.forward_test(features, proposals, sizes, template_features)
 
     def _use_tr_post(self, tr_post: bool | None, templates: Tensor | None) -> bool:
         """TR-Post runs when asked (argument, else config) and a template is there; an explicit request without a
-        template is an error, a config default without one is skipped (the paper's plug-in behaviour)."""
+        template is an error, a config default without one is skipped (the paper's plug-in behaviour).
+
+        A model that takes the template as an input (TR-Pre, TR-Inter, TR-Fuse) cannot use it: it sees the
+        template only through the image-template difference, so the template's own region features would be
+        those of T - T, the same constant at every RoI, and the rescoring would carry no information."""
+        if tr_post:
+            check_tr_post_supported(self.config.reference)
         if tr_post is None:
             return self.config.reference.tr_post and templates is not None
         if tr_post and templates is None:

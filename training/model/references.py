@@ -103,8 +103,11 @@ def ptg_loss(features: Sequence[Tensor], pseudo_templates: Sequence[Tensor], is_
     """Eq. (13): sum over stages of MSE(C_i(N), G_i(C_i(N))), averaged over the NORMAL samples of the batch only.
 
     A defect-free image is its own template, so only normal samples supervise the generator; defective samples
-    contribute exactly nothing. The target C_i is detached: the loss teaches G to reconstruct, it must not pull the
-    backbone towards features that are merely easy to reconstruct (the detection losses shape the backbone).
+    contribute exactly nothing. Nothing is detached: the paper trains PTG and detector "end-to-end" and jointly
+    (Sec. IV-B), with the detection losses as what keeps G from collapsing to the identity, so eq. (13) is one
+    more loss of the whole network. Its gradient reaches the backbone through both C_i(N) (the target) and
+    G_i's input, and the backbone learns features of normal boards that G can predict, while the detection losses
+    need C_i(I) - G_i(C_i(I)) to show the defects.
     With no normal sample the loss is an exact, still differentiable, zero.
     """
     mask = is_normal.to(device=features[0].device, dtype=torch.bool).flatten()
@@ -113,6 +116,6 @@ def ptg_loss(features: Sequence[Tensor], pseudo_templates: Sequence[Tensor], is_
     count = mask.sum().clamp(min=1).to(torch.float32)
     total = features[0].new_zeros((), dtype=torch.float32)
     for target, generated in zip(features, pseudo_templates):
-        per_sample = (generated.float() - target.detach().float()).pow(2).flatten(1).mean(dim=1)  # fp16 overflows
+        per_sample = (generated.float() - target.float()).pow(2).flatten(1).mean(dim=1)  # fp16 overflows
         total = total + torch.where(mask, per_sample, torch.zeros_like(per_sample)).sum() / count
     return total
