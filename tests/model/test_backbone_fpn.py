@@ -72,11 +72,11 @@ def test_dcn_starts_as_half_a_plain_conv() -> None:
 
 def test_fpn_shapes_and_shared_output_conv() -> None:
     features = [torch.rand(1, c, 32 // s, 32 // s) for c, s in zip((8, 16, 32, 64), (1, 2, 4, 8))]
-    fpn = FPN([8, 16, 32, 64], FPNConfig(out_channels=12))
+    fpn = FPN([8, 16, 32, 64], FPNConfig(out_channels=12, shared_output_conv=False))
     outs = fpn(features)
     assert [tuple(o.shape) for o in outs] == [(1, 12, 32 // s, 32 // s) for s in (1, 2, 4, 8)]
     assert len(fpn.layer_blocks) == 4
-    shared = FPN([8, 16, 32, 64], FPNConfig(out_channels=12, shared_output_conv=True))
+    shared = FPN([8, 16, 32, 64], FPNConfig(out_channels=12))  # default: the paper's one shared 3x3 conv
     assert len(shared.layer_blocks) == 1
     assert [tuple(o.shape) for o in shared(features)] == [tuple(o.shape) for o in outs]
 

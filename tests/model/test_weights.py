@@ -25,7 +25,8 @@ def coco_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 @pytest.mark.parametrize("architecture", ["faster", "cascade"])
 def test_coco_checkpoint_maps_onto_rddn_and_drops_class_layers(coco_file, architecture: str) -> None:
     path, state = coco_file
-    model = build_model(ModelConfig(class_names=("a", "b"), architecture=architecture))
+    model = build_model(ModelConfig(class_names=("a", "b"), architecture=architecture,
+                                    fpn={"shared_output_conv": False}))  # torchvision's per-level 3x3 convs
     own = model.state_dict()
     report = load_coco_detector(model, path)
     own_after = model.state_dict()
@@ -49,6 +50,16 @@ def test_coco_checkpoint_maps_onto_rddn_and_drops_class_layers(coco_file, archit
                    for k in state if not k.startswith(dropped) and not k.endswith("num_batches_tracked"))
     assert len(report.loaded) == expected  # everything else found its place
     assert "roi_heads.stages.0.box_predictor.cls_score.weight" in report.missing
+
+
+def test_coco_into_the_papers_shared_fpn_conv_uses_the_p2_conv(coco_file) -> None:
+    path, state = coco_file
+    model = build_model(ModelConfig(class_names=("a",)))
+    assert model.fpn.shared_output_conv and len(model.fpn.layer_blocks) == 1  # the paper's default
+    report = load_coco_detector(model, path)
+    assert torch.equal(model.state_dict()["fpn.layer_blocks.0.weight"], state["backbone.fpn.layer_blocks.0.0.weight"])
+    for level in (1, 2, 3):
+        assert "shared by all levels" in report.skipped[f"backbone.fpn.layer_blocks.{level}.0.weight"]
 
 
 def test_coco_into_context_model_skips_fc6_by_shape(coco_file) -> None:

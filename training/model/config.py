@@ -35,8 +35,12 @@ class BackboneConfig(StrictModel):
 
 
 class FPNConfig(StrictModel):
+    """FPN, eq. (3). ``shared_output_conv``: the paper "follow[s] [34] to make all conv3x3 blocks share weights"
+    (Sec. III-B.1), one 3x3 conv for P2..P5, the default here; ``false`` gives one 3x3 conv per level, as
+    torchvision and mmdetection build it (and as COCO checkpoints hold it)."""
+
     out_channels: int = Field(256, ge=8)
-    shared_output_conv: bool = False  # the paper's option: one 3x3 conv shared by all levels
+    shared_output_conv: bool = True
     upsample: Literal["bilinear", "nearest"] = "bilinear"  # top-down path of eq. (3); the paper says bilinear
 
 

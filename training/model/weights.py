@@ -98,8 +98,11 @@ def load_imagenet_backbone(backbone: nn.Module, path: Path | str) -> LoadReport:
     return report
 
 
-def map_coco_keys(state: dict[str, Tensor], num_stages: int, report: LoadReport) -> dict[str, Tensor]:
-    """torchvision Faster R-CNN keys -> RDDN keys; box-head FCs initialise every cascade stage."""
+def map_coco_keys(
+    state: dict[str, Tensor], num_stages: int, report: LoadReport, shared_fpn_output: bool = False
+) -> dict[str, Tensor]:
+    """torchvision Faster R-CNN keys -> RDDN keys; box-head FCs initialise every cascade stage. With
+    ``shared_fpn_output`` (one 3x3 FPN conv for all levels) the P2 conv of the checkpoint initialises it."""
     mapped: dict[str, Tensor] = {}
     for key, value in state.items():
         if _COCO_DROPPED.match(key):
@@ -108,6 +111,9 @@ def map_coco_keys(state: dict[str, Tensor], num_stages: int, report: LoadReport)
         new = key
         for pattern, repl in _COCO_KEY_MAP:
             new = re.sub(pattern, repl, new)
+        if shared_fpn_output and re.match(r"^fpn\.layer_blocks\.[1-9]", new):
+            report.skipped[key] = "FPN 3x3 conv shared by all levels here (fpn.shared_output_conv): P2's sets it"
+            continue
         targets = [new.format(stage=s) for s in range(num_stages)] if "{stage}" in new else [new]
         for target in targets:
             mapped[target] = value
@@ -119,7 +125,8 @@ def load_coco_detector(model: nn.Module, path: Path | str) -> LoadReport:
     state = read_state_dict(path, "COCO Faster R-CNN")
     report = LoadReport(source=str(path))
     num_stages = len(model.roi_heads.stages)  # type: ignore[union-attr]
-    report = _load_matching(model, map_coco_keys(state, num_stages, report), report)
+    shared = bool(model.fpn.shared_output_conv)  # type: ignore[union-attr]
+    report = _load_matching(model, map_coco_keys(state, num_stages, report, shared), report)
     if not report.loaded:
         raise ValueError(f"COCO weights {path}: no tensor matches RDDN (is it a torchvision Faster R-CNN file?)")
     return report
