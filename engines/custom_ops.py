@@ -29,11 +29,11 @@ from typing import Any, Callable, Literal, Mapping, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.ops import roi_align
 
 # One spelling of the op names for the ONNX nodes and the TensorRT plugins (that module is torch-free).
 from engines.tensorrt_plugins import CONTEXT_OP, MULTILEVEL_OP, PLUGIN_NAMESPACE
 from training.model import roi_semantics as rs
+from training.model import roi_pooling
 
 DOMAIN = PLUGIN_NAMESPACE
 OPSET_VERSION = 1
@@ -110,21 +110,11 @@ def _check_inputs(features: Sequence[Tensor], rois: Tensor) -> None:
 def pool_levels(
     features: Sequence[Tensor], rois: Tensor, levels: Tensor, attrs: RoIPoolingAttributes
 ) -> Tensor:
-    """RoIAlign each RoI on its level with torchvision, in float32 (the kernels accumulate in float too), and
-    return the features' dtype. ``rois`` [R, 5] float32, ``levels`` [R] in [0, NUM_LEVELS)."""
-    channels = features[0].shape[1]
-    size = attrs.output_size
-    out = rois.new_zeros((rois.shape[0], channels, size, size))
-    for level, (feat, scale) in enumerate(zip(features, attrs.spatial_scales)):
-        index = torch.nonzero(levels == level).squeeze(1)
-        if index.numel() == 0:
-            continue
-        pooled = roi_align(
-            feat.float(), rois[index], (size, size), spatial_scale=scale,
-            sampling_ratio=attrs.sampling_ratio, aligned=attrs.aligned,
-        )
-        out[index] = pooled
-    return out.to(features[0].dtype)
+    """The model's per-level RoIAlign (``training.model.roi_pooling``) with the node's attributes."""
+    return roi_pooling.multilevel_roi_align(
+        features, rois, levels, spatial_scales=attrs.spatial_scales, output_size=attrs.output_size,
+        sampling_ratio=attrs.sampling_ratio, aligned=attrs.aligned,
+    )
 
 
 def multilevel_roi_align_reference(

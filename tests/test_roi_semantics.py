@@ -10,7 +10,6 @@ from training.model.roi_semantics import (
     ROI_ALIGN,
     ROI_STRIDES,
     context_boxes,
-    map_roi_level_scalar,
     map_roi_levels,
 )
 
@@ -27,7 +26,6 @@ def _square(side: float) -> torch.Tensor:
 )
 def test_level_mapping_boundaries(side: float, level: int) -> None:
     assert int(map_roi_levels(_square(side))[0]) == level
-    assert map_roi_level_scalar(side, side) == level
 
 
 def test_level_mapping_uses_geometric_mean_of_width_and_height() -> None:

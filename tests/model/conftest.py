@@ -6,17 +6,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
+from training.engine.config import deep_merge
 from training.model.config import ModelConfig
-
-
-def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 TINY: dict[str, Any] = {
@@ -47,7 +38,7 @@ def tiny_config() -> Callable[..., ModelConfig]:
     """``tiny_config(architecture="cascade", context={"enabled": True})``: nested dicts override the TINY base."""
 
     def make(**overrides: Any) -> ModelConfig:
-        return ModelConfig.model_validate(_merge(TINY, overrides))
+        return ModelConfig.model_validate(deep_merge(TINY, overrides))
 
     return make
 

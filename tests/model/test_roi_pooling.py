@@ -50,6 +50,22 @@ def test_each_roi_is_pooled_from_its_mapped_level() -> None:
     assert torch.equal(forced, _direct(features, rois, 3))
 
 
+def test_half_precision_features_are_pooled_in_float32() -> None:
+    """FP16 features (the TensorRT variant's reference, autocast) are pooled in float32 and returned as FP16;
+    explicit node attributes (spatial scales, output size) are honoured."""
+    features = [f.half() for f in _features()]
+    rois = torch.tensor([[0, 10, 10, 40, 40], [1, 0, 0, 120, 120]], dtype=torch.float32)
+    levels = map_roi_levels(rois[:, 1:])
+    pooled = multilevel_roi_align(features, rois, levels)
+    assert pooled.dtype == torch.float16
+    reference = multilevel_roi_align([f.float() for f in features], rois, levels).half()
+    assert torch.equal(pooled, reference)
+    coarse = multilevel_roi_align(features[:1], rois, torch.zeros_like(levels), spatial_scales=(0.25,), output_size=3)
+    assert coarse.shape == (2, 3, 3, 3)
+    direct = roi_align(features[0].float(), rois, 3, 0.25, ROI_ALIGN.sampling_ratio, ROI_ALIGN.aligned).half()
+    assert torch.equal(coarse, direct)
+
+
 def test_context_boxes_per_box_sizes_match_scalar_version() -> None:
     boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [90.0, 40.0, 100.0, 60.0], [10.0, 10.0, 30.0, 50.0]])
     sizes = torch.tensor([[64, 100], [64, 100], [40, 25]])

@@ -9,6 +9,7 @@ every format.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -52,6 +53,16 @@ def read_rgb(path: Path) -> np.ndarray | None:
     if bgr is None:
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def read_json(path: Path, what: str) -> object:
+    """A JSON file, or an error naming ``what`` and the file (missing: FileNotFoundError, broken: ValueError)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
 
 
 def in_holdout(image_id: str, val_fraction: float, seed: int = 0) -> bool:

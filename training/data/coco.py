@@ -9,13 +9,12 @@ an image lacking one is reported as ``missing_template``.
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from training.data.base import BaseReader, ImageRecord
+from training.data.base import BaseReader, ImageRecord, read_json
 from training.data.issues import BadDataPolicy, DataIssueLog
 
 TEMPLATE_FIELD = "template_file_name"
@@ -23,12 +22,9 @@ TEMPLATE_FIELD = "template_file_name"
 
 def load_coco_json(path: Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    data = read_json(path, "COCO annotation file")
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a COCO JSON object with images, annotations and categories")
     for key in ("images", "categories"):
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: missing or non-list key {key!r}")

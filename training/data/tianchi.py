@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from training.data.base import BaseReader, ImageRecord, in_holdout
+from training.data.base import BaseReader, ImageRecord, in_holdout, read_json
 from training.data.issues import BadDataPolicy, DataIssueLog, logger
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -130,12 +130,7 @@ class TianchiFabricReader(BaseReader):
         self.records = [r for r in records if _keep_split(r.image_id, split, val_fraction, split_seed)]
 
     def _load_entries(self, ann_path: Path) -> dict[str, list[tuple[list[float], int]]]:
-        if not ann_path.is_file():
-            raise FileNotFoundError(f"Tianchi Fabric annotation file not found: {ann_path}")
-        try:
-            data = json.loads(ann_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{ann_path}: not valid JSON ({exc})") from exc
+        data = read_json(ann_path, "Tianchi Fabric annotation file")
         if not isinstance(data, list):
             raise ValueError(f"{ann_path}: expected a JSON list of {{name, defect_name, bbox}} entries")
         entries: dict[str, list[tuple[list[float], int]]] = defaultdict(list)

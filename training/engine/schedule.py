@@ -61,7 +61,7 @@ class WarmupMultiStep:
         """Set every param group's lr for the next step; returns the lr (for the log)."""
         lr = self.lr(iteration, budget_fraction)
         for group in optimizer.param_groups:
-            group["lr"] = lr * group.get("lr_scale", 1.0)
+            group["lr"] = lr
         return lr
 
     def state_dict(self) -> dict[str, object]:

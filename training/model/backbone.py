@@ -53,10 +53,10 @@ class ModulatedDeformConv3x3(DeformConv2d):
         nn.init.zeros_(self.conv_offset.weight)
         nn.init.zeros_(self.conv_offset.bias)
 
-    def forward(self, input: Tensor, offset: Tensor | None = None, mask: Tensor | None = None) -> Tensor:  # noqa: A002
-        out = self.conv_offset(input)
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]  # offsets and mask come from x itself
+        out = self.conv_offset(x)
         offset, mask_logits = out[:, :18], out[:, 18:]
-        return super().forward(input, offset, torch.sigmoid(mask_logits))
+        return super().forward(x, offset, torch.sigmoid(mask_logits))
 
 
 class ResNetBackbone(nn.Module):

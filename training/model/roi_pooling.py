@@ -17,21 +17,34 @@ from torchvision.ops import roi_align
 from training.model.roi_semantics import ROI_ALIGN, context_boxes, map_roi_levels
 
 
-def multilevel_roi_align(features: Sequence[Tensor], rois: Tensor, levels: Tensor) -> Tensor:
-    """RoIAlign each RoI [R, 5] (batch index, x1, y1, x2, y2) on P2..P5 at its given level index [R] in 0..3."""
-    if len(features) != len(ROI_ALIGN.spatial_scales):
-        raise ValueError(f"expected {len(ROI_ALIGN.spatial_scales)} FPN levels (P2..P5), got {len(features)}")
-    size = ROI_ALIGN.output_size
-    pooled_all = features[0].new_zeros((rois.shape[0], features[0].shape[1], size, size))
-    for index, (feature, scale) in enumerate(zip(features, ROI_ALIGN.spatial_scales)):
+def multilevel_roi_align(
+    features: Sequence[Tensor],
+    rois: Tensor,
+    levels: Tensor,
+    *,
+    spatial_scales: Sequence[float] = ROI_ALIGN.spatial_scales,
+    output_size: int = ROI_ALIGN.output_size,
+    sampling_ratio: int = ROI_ALIGN.sampling_ratio,
+    aligned: bool = ROI_ALIGN.aligned,
+) -> Tensor:
+    """RoIAlign each RoI [R, 5] (batch index, x1, y1, x2, y2) on P2..P5 at its given level index [R] in 0..3.
+
+    The one per-level pooling of the project: the model's pooler, and the eager definition of the ``rddn`` custom
+    ops (``engines.custom_ops``, which pass their node attributes). RoIAlign runs in float32 (as under autocast,
+    and as the kernels accumulate); the result has the features' dtype.
+    """
+    if len(features) != len(spatial_scales):
+        raise ValueError(f"expected {len(spatial_scales)} FPN levels (P2..P5), got {len(features)}")
+    pooled_all = features[0].new_zeros((rois.shape[0], features[0].shape[1], output_size, output_size))
+    for index, (feature, scale) in enumerate(zip(features, spatial_scales)):
         selected = torch.where(levels == index)[0]
         pooled = roi_align(
-            feature,
+            feature if feature.dtype == torch.float32 else feature.float(),
             rois.index_select(0, selected),
-            output_size=size,
+            output_size=output_size,
             spatial_scale=scale,
-            sampling_ratio=ROI_ALIGN.sampling_ratio,
-            aligned=ROI_ALIGN.aligned,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
         )
         pooled_all = pooled_all.index_put((selected,), pooled.to(pooled_all.dtype))
     return pooled_all

@@ -18,7 +18,6 @@ Choices (and why):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -61,13 +60,6 @@ def map_roi_levels(boxes: Tensor, num_levels: int = len(ROI_LEVELS)) -> Tensor:
     scale = torch.sqrt((boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0))
     levels = torch.floor(torch.log2(scale / CANONICAL_SCALE + LEVEL_EPS))
     return levels.clamp(min=0, max=num_levels - 1).to(torch.int64)
-
-
-def map_roi_level_scalar(width: float, height: float, num_levels: int = len(ROI_LEVELS)) -> int:
-    """Pure-Python twin of :func:`map_roi_levels` for one box (used by host-side reference code and tests)."""
-    scale = math.sqrt(max(width, 0.0) * max(height, 0.0))
-    level = math.floor(math.log2(scale / CANONICAL_SCALE + LEVEL_EPS))
-    return int(min(max(level, 0), num_levels - 1))
 
 
 def context_boxes(boxes: Tensor, image_size: tuple[int, int] | Tensor, k: float = CONTEXT_SCALE) -> Tensor:
