@@ -200,10 +200,13 @@ def evaluate(preds: Sequence[Arrays], gts: Sequence[Arrays], class_names: Sequen
 
     Returns map50 (VOC all-point, IoU >= ``iou_thr``), coco_map (AP@[.5:.95]) and coco_map50 from pycocotools,
     deeppcb_map / deeppcb_fscore (+ precision, recall, threshold), image-level rates at that threshold,
+    defect_recall (class-agnostic, at 0.1 and 1 false call per image) and the class confusion at that threshold
+    (see :mod:`training.evaluation.operating_point` for the matching rule),
     per_class {name: {ap50, coco_ap, deeppcb_ap, num_gt, num_pred}}, images, num_gt, num_pred.
     NaN marks "undefined" (no ground truth); ``write_report`` turns it into JSON null.
     """
     from training.evaluation.cocoeval import coco_metrics
+    from training.evaluation.operating_point import operating_point
 
     num_classes = len(class_names)
     validate_inputs(preds, gts, num_classes)
@@ -235,6 +238,7 @@ def evaluate(preds: Sequence[Arrays], gts: Sequence[Arrays], class_names: Sequen
         "deeppcb_recall": dpcb["recall"],
         "deeppcb_threshold": dpcb["threshold"],
         "image_level": image_level(preds, gts, threshold),
+        **operating_point(preds, gts, class_names, confusion_threshold=threshold),
         "per_class": per_class,
         "images": len(gts),
         "num_gt": sum(v["num_gt"] for v in per_class.values()),

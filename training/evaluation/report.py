@@ -1,7 +1,8 @@
 """Write an evaluation run to disk: numbers for machines, a table for people, curves and examples for eyes.
 
 ``out_dir/report.json``   every figure of :func:`~training.evaluation.metrics.evaluate` (NaN -> null) + seconds
-``out_dir/per_class.md``  markdown table per class (GT count, predictions, AP50, COCO AP, DeepPCB AP)
+``out_dir/per_class.md``  markdown table per class (GT count, predictions, AP50, COCO AP, DeepPCB AP), the
+                          class-agnostic defect recall at 0.1 and 1 false call per image, the confusion matrix
 ``out_dir/pr_curves.png`` precision/recall per class at IoU 0.5
 ``out_dir/examples/*.png`` a few images, ground truth green, predictions red with ``label score``
 """
@@ -58,7 +59,45 @@ def per_class_table(result: Mapping[str, Any]) -> str:
     )
     lines.append("")
     lines.append(f"DeepPCB F-score: {_fmt(result['deeppcb_fscore'])} (score threshold {result.get('deeppcb_threshold')})")
+    if "defect_recall" in result:
+        lines += ["", *operating_point_tables(result)]
     return "\n".join(lines) + "\n"
+
+
+def _score(v: Any) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.3f}"
+
+
+def operating_point_tables(result: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: class-agnostic defect recall per false-call budget, then the confusion matrix."""
+    recall = result["defect_recall"]
+    iou = recall["iou_thresh"]
+    lines = [
+        f"Class-agnostic defect recall (a defect is found by a detection of any class with IoU > {iou}; "
+        "duplicates on a found defect are not false calls):",
+        "",
+        "| false calls per image | recall | score threshold | false calls per image there |",
+        "| ---: | ---: | ---: | ---: |",
+    ]
+    for budget, row in recall["at_false_calls_per_image"].items():
+        lines.append(f"| <= {budget} | {_fmt(row['recall'])} | {_score(row['threshold'])} | "
+                     f"{row['false_calls_per_image']:.3f} |")
+    confusion = result["confusion"]
+    lines += [
+        "",
+        f"Confusion at score >= {_score(confusion['threshold'])} (rows: ground truth, columns: detected as; "
+        f"IoU > {confusion['iou_thresh']}, any class):",
+        "",
+        "| ground truth \\ detected | " + " | ".join(confusion["columns"]) + " |",
+        "| --- |" + " ---: |" * len(confusion["columns"]),
+    ]
+    last = len(confusion["rows"]) - 1
+    for index, (name, counts) in enumerate(zip(confusion["rows"], confusion["matrix"])):
+        cells = [str(c) for c in counts]
+        if index == last:
+            cells[-1] = "-"  # a false call has nothing to miss
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_pr_curves(path: Path, preds: Sequence[Arrays], gts: Sequence[Arrays], class_names: Sequence[str], iou_thr: float = 0.5) -> Path:
