@@ -2,6 +2,7 @@
 
     rddn train --config training/configs/deeppcb_cpu_tr_pre_cr.yaml [--resume] [--set key.path=value ...]
     rddn eval --checkpoint runs/x/last.pt --data /path/to/deeppcb_root [--list-file F] [--tr-post] --out DIR
+    rddn eval --artifact artifacts/x [--backend onnxruntime] --data ... --out DIR   (as the daemon runs it)
     rddn compile ...            (ONNX / ONNX Runtime / TensorRT artifacts; see ``rddn compile --help``)
 
 Multi-process training: ``torchrun --nproc_per_node N -m training.cli train --config ...`` (NCCL on GPU, gloo on
@@ -34,24 +35,32 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset",
-                       description="Evaluate a checkpoint: mAP@0.5, COCO mAP, DeepPCB mAP/F-score, PR curves.")
-    p.add_argument("--checkpoint", required=True, type=Path)
+    p = sub.add_parser("eval", help="evaluate a checkpoint or a compiled artifact on a dataset",
+                       description="Evaluate a checkpoint, or a compiled artifact as the daemon runs it: mAP@0.5, "
+                                   "COCO mAP, DeepPCB mAP/F-score, defect recall at 0.1 and 1 false call per "
+                                   "image, the class confusion, PR curves.")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="an rddn training checkpoint (torch)")
+    model.add_argument("--artifact", type=Path,
+                       help="an artifact directory from rddn compile, run by the daemon's backend (--backend)")
+    p.add_argument("--backend", default="onnxruntime",
+                   help="with --artifact: the daemon backend that runs it (default onnxruntime)")
     p.add_argument("--data", required=True,
                    help="a dataset YAML (a data config, or a training config: its data.val), or a DeepPCB-format root")
     p.add_argument("--list-file", default=None, help="DeepPCB list file (trainval.txt format) inside/for --data")
     p.add_argument("--val-groups", nargs="*", default=None,
                    help="DeepPCB root: evaluate only these board groups (e.g. 92000 44000)")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split of a training config")
-    p.add_argument("--tr-post", action="store_true", help="rescore with TR-Post (needs templates)")
+    p.add_argument("--tr-post", action="store_true",
+                   help="--checkpoint: rescore with TR-Post (needs templates; a model without a template input)")
     p.add_argument("--out", required=True, type=Path, help="report directory (report.json, table, PR curves)")
     p.add_argument("--test-size", type=int, default=None,
-                   help="dataset root: test short/long edge (default: what the checkpoint was trained for)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+                   help="--checkpoint on a dataset root: test short/long edge (default: what it was trained for)")
+    p.add_argument("--device", default="cpu", help="--checkpoint: cpu (default) or cuda")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--examples", type=int, default=4, help="annotated example images to write")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch, or the artifact's runtime)")
 
 
 def _add_compile(sub: argparse._SubParsersAction) -> None:
@@ -93,20 +102,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from training.engine.evaluate import evaluate_checkpoint, resolve_eval_data, trained_test_sizes
+    from training.engine.evaluate import evaluate_artifact, evaluate_checkpoint, resolve_eval_data, trained_test_sizes
 
-    sizes = trained_test_sizes(args.checkpoint)
-    if args.test_size:
-        sizes.update(test_short_size=args.test_size, test_max_size=args.test_size)
-    data_cfg = resolve_eval_data(args.data, list_file=args.list_file, val_groups=args.val_groups, split=args.split,
-                                 sizes=sizes)
-    result = evaluate_checkpoint(
-        args.checkpoint, data_cfg, args.out, tr_post=args.tr_post, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, num_examples=args.examples, threads=args.threads,
-    )
+    if args.artifact is not None:
+        for flag, given in (("--tr-post", args.tr_post), ("--test-size", args.test_size is not None),
+                            ("--device", args.device != "cpu"), ("--batch-size", args.batch_size != 1)):
+            if given:
+                raise ValueError(f"{flag} is for --checkpoint; an artifact runs as compiled (see its metadata.json)")
+        data_cfg = resolve_eval_data(args.data, list_file=args.list_file, val_groups=args.val_groups, split=args.split)
+        result = evaluate_artifact(args.artifact, data_cfg, args.out, backend=args.backend, workers=args.workers,
+                                   num_examples=args.examples, threads=args.threads)
+    else:
+        sizes = trained_test_sizes(args.checkpoint)
+        if args.test_size:
+            sizes.update(test_short_size=args.test_size, test_max_size=args.test_size)
+        data_cfg = resolve_eval_data(args.data, list_file=args.list_file, val_groups=args.val_groups,
+                                     split=args.split, sizes=sizes)
+        result = evaluate_checkpoint(
+            args.checkpoint, data_cfg, args.out, tr_post=args.tr_post, device=args.device,
+            batch_size=args.batch_size, workers=args.workers, num_examples=args.examples, threads=args.threads,
+        )
+    recall = result["defect_recall"]["at_false_calls_per_image"]
     print(
         f"images={result['images']} map50={result['map50']:.4f} coco_map={result['coco_map']:.4f} "
         f"deeppcb_map={result['deeppcb_map']:.4f} deeppcb_fscore={result['deeppcb_fscore']:.4f} "
+        f"recall@0.1fpi={recall['0.1']['recall']:.4f} recall@1fpi={recall['1']['recall']:.4f} "
         f"seconds={result['seconds']:.1f} -> {args.out}"
     )
     return 0

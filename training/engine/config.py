@@ -180,10 +180,11 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """A YAML mapping; ``base: other.yaml`` (relative to this file) is loaded first and overridden by this one."""
+def read_yaml_with_base(path: Path, what: str = "training config", _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; ``base: other.yaml`` (relative to this file) is loaded first and overridden by this one.
+    ``what`` names the file's role in the error messages."""
     if not path.is_file():
-        raise ConfigError(f"training config not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself")
     try:
@@ -191,13 +192,13 @@ def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, A
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (model, data, ...)")
+        raise ConfigError(f"{path}: the top level of a {what} must be a mapping")
     base = raw.pop(BASE_KEY, None)
     if base is None:
         return raw
     if not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
-    return deep_merge(read_yaml_with_base(path.parent / base, _seen + (path.resolve(),)), raw)
+    return deep_merge(read_yaml_with_base(path.parent / base, what, _seen + (path.resolve(),)), raw)
 
 
 def load_train_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
