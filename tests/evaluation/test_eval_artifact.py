@@ -65,17 +65,13 @@ def compiled(tmp_path_factory) -> tuple[Path, Path, Path]:
 def _dataset(data_yaml: Path):
     from training.data import build_dataset
 
-    cfg = DataConfig.model_validate(yaml.safe_load(data_yaml.read_text()))
-    return cfg, build_dataset(cfg, train=False)
+    return build_dataset(DataConfig.model_validate(yaml.safe_load(data_yaml.read_text())), train=False)
 
 
 def test_artifact_detections_match_the_checkpoint(compiled) -> None:
-    from training.data.transforms import build_transforms
-
     checkpoint, artifact, data_yaml = compiled
-    cfg, dataset = _dataset(data_yaml)
-    model = load_model_from_checkpoint(checkpoint)
-    torch_side = ModelPredictor(model, build_transforms(False, test_short_size=GRAPH, test_max_size=GRAPH))
+    dataset = _dataset(data_yaml)
+    torch_side = ModelPredictor(load_model_from_checkpoint(checkpoint), dataset.transform)
     artifact_side = artifact_predictor(artifact, "onnxruntime", threads=1)
     try:
         preds_ckpt, gts_ckpt, _ = collect_predictions(torch_side, dataset)

@@ -38,3 +38,27 @@ def test_bad_data_yaml_is_named(tmp_path: Path) -> None:
         resolve_eval_data(listing)
     with pytest.raises(FileNotFoundError, match="neither a dataset directory nor a YAML file"):
         resolve_eval_data(tmp_path / "missing.yaml")
+
+
+def test_tr_post_evaluation_of_a_model_without_a_template_input() -> None:
+    """``rddn eval --tr-post`` on a baseline model: the report says so and the scores are the rescored ones."""
+    import torch
+
+    from training.data import DataConfig
+    from training.engine.evaluate import evaluate_model
+    from training.model import build_model
+    from training.model.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.model_validate({
+        "class_names": ["spot", "scratch", "hole", "open", "short"],
+        "backbone": {"depth": 18, "width": 16, "norm": "gn", "frozen_stages": 0}, "fpn": {"out_channels": 16},
+        "rpn": {"pre_nms_top_n_test": 100, "post_nms_top_n_test": 30}, "roi_head": {"representation_size": 32},
+    }))
+    data = DataConfig(format="synthetic", synthetic={"height": 96, "width": 96, "defect_size": (8, 24)},
+                      synthetic_val_samples=2, test_short_size=96, test_max_size=96)
+    plain = evaluate_model(model, data)
+    rescored = evaluate_model(model, data, tr_post=True)
+    assert (plain["tr_post"], rescored["tr_post"]) == (False, True)
+    assert plain["num_pred"] > 0
+    assert (rescored["num_pred"], rescored["map50"]) != (plain["num_pred"], plain["map50"])  # TR-Post did rescore

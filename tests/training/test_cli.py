@@ -95,5 +95,6 @@ def test_eval_on_a_deeppcb_root_holds_out_groups_at_the_trained_size(tiny_config
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["images"] == 2  # only group00002's pairs
+    assert (report["data"]["test_short_size"], report["data"]["test_max_size"]) == (64, 64)  # the checkpoint's, not 800
     examples = sorted((out / "examples").glob("*.png"))
-    assert examples and cv2.imread(str(examples[0])).shape[:2] == (64, 64)  # the checkpoint's test size, not 800
+    assert examples and cv2.imread(str(examples[0])).shape[:2] == (96, 96)  # drawn on the frame as it was read

@@ -157,7 +157,7 @@ def write_examples(examples: Sequence[dict[str, Any]], class_names: Sequence[str
 
 def evaluate_predictor(
     predictor: Predictor,
-    data_cfg,
+    dataset,
     out_dir: Path | None = None,
     *,
     batch_size: int = 1,
@@ -165,11 +165,10 @@ def evaluate_predictor(
     num_examples: int = 4,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``predictor`` on the evaluation side of ``data_cfg``; with ``out_dir``, write the full report."""
-    from training.data import build_dataset
+    """Evaluate ``predictor`` on ``dataset`` (``build_dataset(cfg, train=False)``); with ``out_dir``, write the
+    full report."""
     from training.evaluation import evaluate
 
-    dataset = build_dataset(data_cfg, train=False)
     class_names = tuple(predictor.class_names)
     data_names = tuple(getattr(dataset, "class_names", class_names))
     if data_names != class_names:
@@ -206,15 +205,15 @@ def evaluate_model(
     num_examples: int = 4,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an RDDN ``model`` (the trainer's validation and ``rddn eval --checkpoint``) through its test
-    transform; the model's train/eval mode is restored afterwards."""
-    from training.data.transforms import build_transforms
+    """Evaluate an RDDN ``model`` (the trainer's validation and ``rddn eval --checkpoint``) on the evaluation side
+    of ``data_cfg`` through the dataset's test transform; the model's train/eval mode is restored afterwards."""
+    from training.data import build_dataset
 
-    transform = build_transforms(False, test_short_size=data_cfg.test_short_size, test_max_size=data_cfg.test_max_size)
+    dataset = build_dataset(data_cfg, train=False)
     was_training = model.training
     try:
-        predictor = ModelPredictor(model, transform, device=device, tr_post=tr_post)
-        return evaluate_predictor(predictor, data_cfg, out_dir, batch_size=batch_size, workers=workers,
+        predictor = ModelPredictor(model, dataset.transform, device=device, tr_post=tr_post)
+        return evaluate_predictor(predictor, dataset, out_dir, batch_size=batch_size, workers=workers,
                                   num_examples=num_examples, extra=extra)
     finally:
         model.train(was_training)
@@ -267,11 +266,13 @@ def evaluate_artifact(
 ) -> dict[str, Any]:
     """``rddn eval --artifact``: run a compiled artifact with the daemon's ``backend`` over the original-size
     frames (one at a time, as the pipeline calls it), write the report."""
+    from training.data import build_dataset
     from training.engine.predictors import artifact_predictor
 
+    dataset = build_dataset(data_cfg, train=False)
     predictor = artifact_predictor(artifact_dir, backend, threads)
     try:
-        return evaluate_predictor(predictor, data_cfg, Path(out_dir), batch_size=1, workers=workers,
+        return evaluate_predictor(predictor, dataset, Path(out_dir), batch_size=1, workers=workers,
                                   num_examples=num_examples, extra={"data": data_cfg.model_dump(mode="json")})
     finally:
         predictor.close()
