@@ -23,6 +23,10 @@ What tracing cannot get right by itself, fixed here on a private copy of the mod
   ops of :mod:`engines.custom_ops`, and ``precision="fp16"`` applies :func:`apply_fp16`: FP16 convolutions and
   FC layers, FP32 boxes, anchors, softmax and NMS, every cast an explicit node (strongly typed TensorRT).
 - the -DCN backbone: torchvision's ``deform_conv2d`` gets a symbolic to ONNX DeformConv (opset 19).
+- batched NMS without the empty-input branch (:func:`batched_nms_for_export`, standard-ONNX graphs): torchvision
+  scripts an ``If`` (no boxes -> empty constant) into the graph, and OpenVINO 2026.4 returns that empty
+  constant as one element, so a frame without detections came back with ``num_detections`` 1 and a garbage
+  box. Without the branch, NonMaxSuppression on zero boxes gives zero in every runtime.
 
 Batch: the trace unrolls the model's per-image loops, so the graph's batch dimension is static
 (``ExportSpec.batch_size``, default 1); a backend feeding more frames runs the graph once per frame or batch.
@@ -32,10 +36,10 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from contextlib import redirect_stderr
+from contextlib import contextmanager, redirect_stderr
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -281,6 +285,31 @@ def example_inputs(spec: ExportSpec, with_template: bool, seed: int = 0) -> tupl
     return image, template
 
 
+def batched_nms_for_export(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """torchvision's coordinate-trick batched NMS minus its ``numel() == 0`` early return (see the module
+    docstring). Identical results: boxes are clipped to the image (>= 0), so the maximum over the boxes and a
+    zero is the boxes' maximum, and on zero boxes every tensor is empty and NMS keeps nothing."""
+    from torchvision.ops import nms
+
+    max_coordinate = torch.cat((boxes.reshape(-1), boxes.new_zeros(1))).max()
+    offsets = idxs.to(boxes) * (max_coordinate + 1)
+    return nms(boxes + offsets[:, None], scores, iou_threshold)
+
+
+@contextmanager
+def _traceable_batched_nms(enabled: bool) -> Iterator[None]:
+    """While tracing, route torchvision's batched NMS through :func:`batched_nms_for_export`."""
+    from torchvision.ops import boxes as box_ops
+
+    original = box_ops._batched_nms_coordinate_trick
+    if enabled:
+        box_ops._batched_nms_coordinate_trick = batched_nms_for_export
+    try:
+        yield
+    finally:
+        box_ops._batched_nms_coordinate_trick = original
+
+
 def export_onnx(module: DetectorExport, path: Path, spec: ExportSpec) -> Path:
     """Trace ``module`` and write the ONNX file (weights embedded: the graphs stay far below 2 GiB)."""
     path = Path(path)
@@ -297,7 +326,8 @@ def export_onnx(module: DetectorExport, path: Path, spec: ExportSpec) -> Path:
 
         custom_ops.register_onnx_symbolics(opset)
         custom_opsets = {custom_ops.DOMAIN: custom_ops.DOMAIN_VERSION}
-    with torch.no_grad(), warnings.catch_warnings(), redirect_stderr(io.StringIO()):
+    with torch.no_grad(), warnings.catch_warnings(), redirect_stderr(io.StringIO()), \
+            _traceable_batched_nms(spec.roi_ops == "onnx"):
         warnings.simplefilter("ignore")  # tracer warnings about Python ints: exactly what FixedCountProposals fixes
         torch.onnx.export(
             module, inputs, str(path), dynamo=False, opset_version=opset, input_names=names,
@@ -456,17 +486,22 @@ def run_onnxruntime(path: Path, inputs: Sequence[Tensor], threads: int = 1) -> l
 
 
 def verify_against_eager(model: nn.Module, module: DetectorExport, path: Path, spec: ExportSpec,
-                         seed: int = 1) -> ParityReport:
+                         seed: int = 1, runner: Callable[[Path, dict[str, np.ndarray]], Sequence[np.ndarray]]
+                         | None = None) -> ParityReport:
     """Compile-time self-check: the exported graph vs the unmodified ``model`` on a fresh deterministic frame.
 
-    The standard-ONNX graph runs in ONNX Runtime; the ``rddn`` variant runs through the custom ops' reference
-    implementations (:mod:`engines.custom_ops`), since ONNX Runtime has no kernels for them.
+    The standard-ONNX graph runs in ONNX Runtime (or ``runner(path, feeds)``, e.g. OpenVINO on the IR); the
+    ``rddn`` variant runs through the custom ops' reference implementations (:mod:`engines.custom_ops`), since
+    ONNX Runtime has no kernels for them.
     """
     inputs = example_inputs(spec, module.with_template, seed=seed)
-    if spec.roi_ops == "rddn":
+    feeds = dict(zip(INPUT_NAMES, (x.numpy() for x in inputs)))
+    if runner is not None:
+        outputs = list(runner(path, feeds))
+    elif spec.roi_ops == "rddn":
         from engines import custom_ops
 
-        outputs = custom_ops.run_reference(path, dict(zip(INPUT_NAMES, (x.numpy() for x in inputs))))
+        outputs = custom_ops.run_reference(path, feeds)
     else:
         outputs = run_onnxruntime(path, inputs)
     reports = [compare_detections(reference, unpack_outputs(outputs, index))

@@ -1,10 +1,12 @@
-"""ONNX Runtime vs PyTorch eager on the exported RDDN graph (standard ONNX ops), per model configuration.
+"""ONNX Runtime and OpenVINO vs PyTorch eager on the exported RDDN graph (standard ONNX ops), per model
+configuration: both CPU runtimes run the same file and must give the model's detections.
 
 Tiny random-weight models (ResNet-18 width 16, FPN 32 channels, 128x128 input) with the box classifier's
 weights spread so the scores differ clearly: every comparison first asserts that there ARE detections above the
-0.01 threshold (parity on zero detections proves nothing). Tolerances: the top 20 eager detections (by score)
-each match an exported one with the same label and IoU >= 0.9, boxes within 1e-3 px, scores within 1e-5
-(FP32 in both runtimes; the only differences are summation orders).
+0.01 threshold (parity on zero detections proves nothing). Tolerances, the same for both runtimes: the top 20
+eager detections (by score) each match an exported one with the same label and IoU >= 0.9, boxes within
+1e-3 px, scores within 1e-5 (FP32 everywhere, OpenVINO's inference precision pinned to f32; the only
+differences are summation orders).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import pytest
 import torch
 
 from engines import export_onnx as ex
+from engines import openvino_ir
 from engines.onnx_graph import iter_nodes
 from training.model import build_model
 from training.model.config import ModelConfig
@@ -24,6 +27,8 @@ torch.set_num_threads(1)
 SIZE = (128, 128)
 BOX_TOL_PX = 1e-3
 SCORE_TOL = 1e-5
+RUNTIMES = ("onnxruntime", "openvino")
+IR_CHECKED = ("cascade_cr", "tr_inter")
 
 TINY = {
     "class_names": ["scratch", "dent", "stain"],
@@ -67,31 +72,51 @@ def _export(model: torch.nn.Module, tmp_path: Path, tr_post: bool = False) -> tu
     return module, path, spec
 
 
+def run_graph(runtime: str, path: Path, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    """One run of the ONNX file in ONNX Runtime, in OpenVINO reading the ONNX directly (as the daemon's openvino
+    backend does with an onnxruntime artifact), or in OpenVINO on the IR converted from it (``openvino_ir``, as
+    ``rddn compile --target openvino`` ships it)."""
+    if runtime == "onnxruntime":
+        return ex.run_onnxruntime(path, inputs)
+    if runtime == "openvino_ir":
+        path = path.with_suffix(".xml")
+        if not path.is_file():
+            openvino_ir.convert_to_ir(path.with_suffix(".onnx"), path)
+    return openvino_ir.run_openvino(path, dict(zip(ex.INPUT_NAMES, (x.numpy() for x in inputs))), ex.OUTPUT_NAMES)
+
+
 def _assert_parity(model: torch.nn.Module, module: ex.DetectorExport, path: Path, spec: ex.ExportSpec,
-                   seeds=(1, 2), flat_template: bool = False) -> None:
+                   seeds=(1, 2), flat_template: bool = False, runtimes=RUNTIMES) -> None:
     for seed in seeds:
-        inputs = ex.example_inputs(spec, module.with_template, seed=seed)
-        if flat_template:  # every region differs from a flat template: TR-Post keeps clear detections
-            inputs = (inputs[0], torch.full_like(inputs[0], 128.0))
-        eager = ex.eager_detections(model, inputs, spec.tr_post)
-        exported = ex.unpack_outputs(ex.run_onnxruntime(path, inputs))
-        assert len(eager["scores"]) > 0, "no detections: parity would prove nothing"
-        # a candidate within float rounding of the 0.01 threshold may fall either way on another CPU's kernels
-        assert abs(len(exported["scores"]) - len(eager["scores"])) <= 1
-        report = ex.compare_detections(eager, exported, top=20)
-        assert report.matched == report.compared, report.unmatched
-        assert report.max_box_diff < BOX_TOL_PX, report.summary()
-        assert report.max_score_diff < SCORE_TOL, report.summary()
-        # the padded tail is all zeros and the valid rows are sorted by score, as the daemon expects
-        assert np.all(np.diff(exported["scores"]) <= 1e-7)
+        for runtime in runtimes:
+            _assert_parity_once(model, module, path, spec, seed, flat_template, runtime)
+
+
+def _assert_parity_once(model: torch.nn.Module, module: ex.DetectorExport, path: Path, spec: ex.ExportSpec,
+                        seed: int, flat_template: bool, runtime: str) -> None:
+    inputs = ex.example_inputs(spec, module.with_template, seed=seed)
+    if flat_template:  # every region differs from a flat template: TR-Post keeps clear detections
+        inputs = (inputs[0], torch.full_like(inputs[0], 128.0))
+    eager = ex.eager_detections(model, inputs, spec.tr_post)
+    exported = ex.unpack_outputs(run_graph(runtime, path, inputs))
+    assert len(eager["scores"]) > 0, "no detections: parity would prove nothing"
+    # a candidate within float rounding of the 0.01 threshold may fall either way on another CPU's kernels
+    assert abs(len(exported["scores"]) - len(eager["scores"])) <= 1
+    report = ex.compare_detections(eager, exported, top=20)
+    assert report.matched == report.compared, (runtime, report.unmatched)
+    assert report.max_box_diff < BOX_TOL_PX, (runtime, report.summary())
+    assert report.max_score_diff < SCORE_TOL, (runtime, report.summary())
+    # the padded tail is all zeros and the valid rows are sorted by score, as the daemon expects
+    assert np.all(np.diff(exported["scores"]) <= 1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_onnxruntime_matches_eager(name: str, tmp_path: Path) -> None:
+def test_cpu_runtimes_match_eager(name: str, tmp_path: Path) -> None:
     model = tiny_model(CONFIGS[name])
     module, path, spec = _export(model, tmp_path)
     assert module.with_template == model.config.reference.needs_template
-    _assert_parity(model, module, path, spec)
+    # the IR for one configuration per architecture (the compile test covers the path end to end)
+    _assert_parity(model, module, path, spec, runtimes=RUNTIMES + (("openvino_ir",) if name in IR_CHECKED else ()))
 
 
 def test_tr_post_compiled_in_takes_a_template_and_matches_eager(tmp_path: Path) -> None:
@@ -127,6 +152,8 @@ def test_graph_uses_standard_onnx_ops_only(tmp_path: Path) -> None:
     _, path, _ = _export(model, tmp_path)
     nodes = list(iter_nodes(onnx.load(str(path)).graph))
     assert {node.domain for node in nodes} <= {"", "ai.onnx"}
+    # no scripted control flow: torchvision's empty-input NMS branch (an If) is what OpenVINO got wrong
+    assert "If" not in {node.op_type for node in nodes}
     assert {"RoiAlign", "NonMaxSuppression"} <= {node.op_type for node in nodes}
     for node in nodes:
         if node.op_type == "RoiAlign":
@@ -176,7 +203,7 @@ def test_dcn_backbone_exports_as_onnx_deformconv_and_matches_eager(tmp_path: Pat
     proto = onnx.load(str(path))
     assert sum(n.op_type == "DeformConv" for n in iter_nodes(proto.graph)) == 13  # layer2..4 3x3 convs (4+6+3)
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= ex.DEFORM_CONV_OPSET
-    _assert_parity(model, module, path, spec, seeds=(1,))
+    _assert_parity(model, module, path, spec, seeds=(1,), runtimes=RUNTIMES + ("openvino_ir",))
 
 
 def test_frame_without_detections_gives_zero_count(tmp_path: Path) -> None:
@@ -199,6 +226,7 @@ def test_frame_without_detections_gives_zero_count(tmp_path: Path) -> None:
     assert biased == 1
     quiet = tmp_path / "quiet.onnx"
     onnx.save(proto, str(quiet))
-    boxes, scores, labels, counts = ex.run_onnxruntime(quiet, inputs)
-    assert counts.tolist() == [0] and not boxes.any() and not scores.any()
-    assert boxes.shape == (1, model.config.roi_head.detections_per_img, 4)
+    for runtime in RUNTIMES:
+        boxes, scores, labels, counts = run_graph(runtime, quiet, inputs)
+        assert counts.tolist() == [0] and not boxes.any() and not scores.any(), runtime
+        assert boxes.shape == (1, model.config.roi_head.detections_per_img, 4)
