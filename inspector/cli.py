@@ -60,10 +60,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def preflight(cfg: StationConfig) -> list[str]:
     """What would stop ``inspector run`` on this machine although the file itself is valid."""
+    from inspector.backends import RUNTIMES, installed_runtimes
+
     problems = []
     det = cfg.detector
-    if det.backend in ("onnxruntime", "tensorrt") and det.artifact and not (det.artifact / "metadata.json").is_file():
-        problems.append(f"detector.artifact: no metadata.json in {det.artifact}")
+    if det.backend in RUNTIMES and installed_runtimes()[det.backend] is None:
+        problems.append(f"detector.backend: {det.backend} is selected but the '{RUNTIMES[det.backend]}' package "
+                        "is not installed on this machine")
+    if det.backend in ("onnxruntime", "openvino", "tensorrt") and det.artifact:
+        problems += _artifact_problems(det.backend, det.artifact)
     if det.backend == "torch" and det.artifact and not det.artifact.is_file():
         problems.append(f"detector.artifact: checkpoint {det.artifact} not found")
     if det.signing_public_key is not None and det.artifact is not None and det.artifact.is_dir():
@@ -89,6 +94,32 @@ def preflight(cfg: StationConfig) -> list[str]:
     return problems
 
 
+#: Artifact targets each artifact backend runs (OpenVINO also reads an ONNX Runtime artifact's ONNX directly).
+BACKEND_TARGETS = {"onnxruntime": ("onnxruntime",), "openvino": ("openvino", "onnxruntime"), "tensorrt": ("tensorrt",)}
+
+
+def _artifact_problems(backend: str, artifact: Path) -> list[str]:
+    from engines.artifact import ArtifactMetadata
+
+    if not (artifact / "metadata.json").is_file():
+        return [f"detector.artifact: no metadata.json in {artifact}"]
+    try:
+        meta = ArtifactMetadata.load(artifact)
+    except ValueError as exc:
+        return [f"detector.artifact: {artifact / 'metadata.json'} is not valid artifact metadata: {exc}"]
+    if meta.target not in BACKEND_TARGETS[backend]:
+        return [f"detector.artifact: {artifact} is a '{meta.target}' artifact; backend {backend} runs "
+                f"{' or '.join(BACKEND_TARGETS[backend])} artifacts"]
+    return []
+
+
+def runtimes_line() -> str:
+    """Which inference runtimes are installed here, with versions (read from package metadata, nothing imported)."""
+    from inspector.backends import installed_runtimes
+
+    return ", ".join(f"{name} {version or 'not installed'}" for name, version in installed_runtimes().items())
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from inspector.security import redact_secrets
 
@@ -103,6 +134,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cams = ", ".join(f"{c.id} ({c.observer}: {c.drop_folder})" for c in cfg.cameras)
     print(f"{args.file}: OK - station '{cfg.station}', backend {cfg.detector.backend}, cameras: {cams}, "
           f"database {redact_secrets(cfg.db_url)}")
+    print(f"runtimes: {runtimes_line()}")
     return 0
 
 

@@ -138,10 +138,11 @@ class OpcUaConfig(_Strict):
 
 
 class DetectorConfig(_Strict):
-    """Which backend runs which artifact. ``artifact`` is an artifact dir (onnxruntime/tensorrt), a checkpoint
-    file (torch) or empty (difference: the classical template-difference detector)."""
+    """Which backend runs which artifact. ``artifact`` is an artifact dir (onnxruntime/openvino/tensorrt), a
+    checkpoint file (torch) or empty (difference: the classical template-difference detector). ``options`` go to
+    the backend (e.g. ``intra_op_threads`` for onnxruntime, ``threads``/``performance_hint`` for openvino)."""
 
-    backend: Literal["tensorrt", "onnxruntime", "torch", "difference"] = "onnxruntime"
+    backend: Literal["tensorrt", "onnxruntime", "openvino", "torch", "difference"] = "onnxruntime"
     artifact: Path | None = None
     options: dict[str, object] = {}
     # Ed25519 public key (PEM or OpenSSH): the artifact must carry a valid signature by it (rddn compile --sign-key)

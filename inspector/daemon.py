@@ -94,10 +94,10 @@ def load_verified_backend(det: DetectorConfig) -> DetectorBackend:
 
 def backend_identity(cfg: StationConfig, backend: DetectorBackend) -> tuple[str, str]:
     """(sha256, precision) for the models table, from what is deployed (not from the backend object, which
-    may be wrapped by the supervisor): artifact metadata for onnxruntime/tensorrt, the checkpoint file's hash
+    may be wrapped by the supervisor): artifact metadata for onnxruntime/openvino/tensorrt, the checkpoint file's hash
     for torch, the settings for the difference detector."""
     det = cfg.detector
-    if det.backend in ("onnxruntime", "tensorrt") and det.artifact is not None:
+    if det.backend in ("onnxruntime", "openvino", "tensorrt") and det.artifact is not None:
         from engines.artifact import ArtifactMetadata
 
         meta = ArtifactMetadata.load(det.artifact)

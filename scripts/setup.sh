@@ -12,6 +12,6 @@ stamp=.venv/.rddn-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-  .venv/bin/python -m pip install -q -e '.[train,dev,postgres,opcua,web]'
+  .venv/bin/python -m pip install -q -e '.[train,dev,postgres,opcua,web,openvino]'
   touch "$stamp"
 fi

@@ -1,12 +1,26 @@
 """Detection backends behind one small interface (see ``base``); heavy libraries are imported lazily so the
-daemon's base install (no torch, no TensorRT) can load whichever backend the station uses."""
+daemon's base install (no torch, no TensorRT, no OpenVINO) can load whichever backend the station uses."""
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 from inspector.backends.base import Detection, DetectorBackend
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch", "difference")
+BACKENDS = ("onnxruntime", "openvino", "tensorrt", "torch", "difference")
+#: The Python distribution each backend runs on (``difference`` needs only OpenCV, always installed).
+RUNTIMES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+
+
+def installed_runtimes() -> dict[str, str | None]:
+    """Backend -> version of its runtime distribution, None where it is not installed (nothing is imported)."""
+    versions: dict[str, str | None] = {}
+    for backend, dist in RUNTIMES.items():
+        try:
+            versions[backend] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[backend] = None
+    return versions
 
 
 def load_backend(kind: str, artifact_path: Path | str | None = None, **options: object) -> DetectorBackend:
@@ -23,6 +37,10 @@ def load_backend(kind: str, artifact_path: Path | str | None = None, **options: 
         from inspector.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(artifact_path, **options)  # type: ignore[arg-type]
+    if kind == "openvino":
+        from inspector.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(artifact_path, **options)  # type: ignore[arg-type]
     if kind == "torch":
         from inspector.backends.torch_checkpoint import TorchCheckpointBackend
 
@@ -35,4 +53,4 @@ def load_backend(kind: str, artifact_path: Path | str | None = None, **options: 
     raise ValueError(f"unknown backend '{kind}' (choose one of {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "Detection", "DetectorBackend", "load_backend"]
+__all__ = ["BACKENDS", "RUNTIMES", "Detection", "DetectorBackend", "installed_runtimes", "load_backend"]

@@ -1,4 +1,4 @@
-"""Frames <-> graph, the one definition every artifact backend (ONNX Runtime, TensorRT) shares.
+"""Frames <-> graph, the one definition every artifact backend (ONNX Runtime, OpenVINO, TensorRT) shares.
 
 ``engines/artifact.py`` fixes the convention: resizing is outside the graph (frames are stretched to the input
 size with OpenCV, no letterbox), boxes come back in input pixels and are scaled back per axis, labels are 0-based
@@ -9,21 +9,13 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-import cv2
 import numpy as np
 
+from engines.artifact import resize_batch  # the contract's preprocessing, shared with the INT8 calibrator
 from inspector.backends.base import Detection
 
 OUTPUT_NAMES = ("boxes", "scores", "labels", "num_detections")
-
-
-def resize_batch(frames: Sequence[np.ndarray], size_hw: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 RGB frames -> float32 [N, 3, H, W] at the graph's input size (stretched, as the artifact says).
-
-    Frames already at the input size are not resampled (bit-exact pixels for a station that matches the graph)."""
-    h, w = size_hw
-    batch = [f if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in frames]
-    return np.ascontiguousarray(np.stack(batch).transpose(0, 3, 1, 2), dtype=np.float32)
+__all__ = ["OUTPUT_NAMES", "detections_from_outputs", "label_name", "resize_batch"]
 
 
 def label_name(label: int, class_names: Sequence[str]) -> str:

@@ -70,15 +70,16 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
-def build_tiny_artifact(directory: Path, with_template: bool, size: int = 32) -> Path:
+def build_tiny_artifact(directory: Path, with_template: bool, size: int = 32, batch: int | str = "N") -> Path:
     """A graph honouring the contract: score = mean(|image - template|)/255 (or mean(image)/255), two
-    detection slots of which ``num_detections`` = 1 are valid, fixed box (2, 4, 10, 8), label index 1."""
+    detection slots of which ``num_detections`` = 1 are valid, fixed box (2, 4, 10, 8), label index 1.
+    ``batch``: the graph's batch dimension, symbolic by default (an int gives a static batch, as exports have)."""
     import onnx
     from onnx import TensorProto, helper
 
     from engines.artifact import ArtifactMetadata, Preprocessing, sha256_file
 
-    dims = ["N", 3, size, size]
+    dims = [batch, 3, size, size]
     inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)]
     nodes = []
     if with_template:
@@ -109,10 +110,10 @@ def build_tiny_artifact(directory: Path, with_template: bool, size: int = 32) ->
         helper.make_node("Expand", ["lab", "lshape"], ["labels"]),
         helper.make_node("Expand", ["count", "shape"], ["num_detections"]),
     ]
-    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["N", 2, 4]),
-               helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 2]),
-               helper.make_tensor_value_info("labels", TensorProto.INT64, ["N", 2]),
-               helper.make_tensor_value_info("num_detections", TensorProto.INT64, ["N"])]
+    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [batch, 2, 4]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, 2]),
+               helper.make_tensor_value_info("labels", TensorProto.INT64, [batch, 2]),
+               helper.make_tensor_value_info("num_detections", TensorProto.INT64, [batch])]
     graph = helper.make_graph(nodes, "tiny", inputs, outputs, init)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -129,7 +130,8 @@ def build_tiny_artifact(directory: Path, with_template: bool, size: int = 32) ->
 
 @pytest.fixture
 def tiny_artifact() -> Callable[..., Path]:
-    """``tiny_artifact(dir, with_template)``: an ONNX Runtime artifact honouring engines/artifact.py's contract."""
+    """``tiny_artifact(dir, with_template[, size, batch])``: an ONNX Runtime artifact honouring engines/artifact.py's
+    contract."""
     return build_tiny_artifact
 
 

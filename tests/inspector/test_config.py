@@ -101,3 +101,36 @@ def test_check_config_cli_exit_codes(tmp_path, capsys):
     assert main(["check-config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "camera" in err and "cameras" in err
+
+
+def test_check_config_names_the_installed_runtimes_and_backend_mismatches(tmp_path, capsys, tiny_artifact,
+                                                                         monkeypatch):
+    import importlib.metadata
+
+    from inspector import backends
+
+    art = tiny_artifact(tmp_path / "art", with_template=False)
+    (tmp_path / "d").mkdir()
+    cfg = write(tmp_path, f"station: s\ndetector: {{backend: openvino, artifact: {art}}}\n"
+                          "cameras: [{id: c, drop_folder: d}]\n")
+    assert main(["check-config", "--strict", str(cfg)]) == 0  # openvino runs an onnxruntime artifact's ONNX
+    out = capsys.readouterr().out
+    assert "backend openvino" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("runtimes: "))
+    for name in ("onnxruntime", "openvino"):
+        assert f"{name} {importlib.metadata.version(name)}" in line
+    assert "tensorrt" in line and "torch" in line
+    # a runtime that is not installed: a warning naming the package
+    monkeypatch.setitem(backends.RUNTIMES, "openvino", "openvino-not-installed-here")
+    assert main(["check-config", str(cfg)]) == 0
+    captured = capsys.readouterr()
+    assert "openvino not installed" in captured.out
+    assert "'openvino-not-installed-here' package is not installed" in captured.err
+    assert main(["check-config", "--strict", str(cfg)]) == 2
+    monkeypatch.undo()
+    # an artifact this backend cannot run
+    from engines.artifact import ArtifactMetadata
+
+    ArtifactMetadata.load(art).model_copy(update={"target": "tensorrt"}).save(art)
+    assert main(["check-config", "--strict", str(cfg)]) == 2
+    assert "is a 'tensorrt' artifact; backend openvino runs openvino or onnxruntime artifacts" in capsys.readouterr().err
