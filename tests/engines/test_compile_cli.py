@@ -78,6 +78,37 @@ def test_compile_writes_an_artifact_the_daemon_backend_runs(tmp_path: Path, caps
     backend.close()
 
 
+def test_openvino_target_writes_an_fp32_ir_the_openvino_backend_runs(tmp_path: Path, capsys) -> None:
+    """``--target openvino``: model.xml + model.bin (FP32 weights, both hashed), checked against PyTorch in
+    OpenVINO at compile time, and the daemon's openvino backend gives the ONNX Runtime artifact's detections."""
+    from inspector.backends import load_backend
+
+    ckpt = _checkpoint(tmp_path, reference={"feature": "tr_inter"}, context={"enabled": True})
+    ov_dir, ort_dir = tmp_path / "ov", tmp_path / "ort"
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "openvino", "--test-proposals", "50",
+                    "--out", str(ov_dir)]) == 0
+    log = capsys.readouterr().err
+    assert "self-check: OpenVINO IR vs PyTorch" in log and log.count("20 matched") == 2  # ONNX, then the IR
+    meta = ArtifactMetadata.load(ov_dir)
+    assert meta.target == "openvino" and meta.precision == "fp32" and meta.model_file == "model.xml"
+    assert meta.openvino is not None and meta.openvino.weights_file == "model.bin"
+    assert meta.model_sha256 == sha256_file(ov_dir / "model.xml")
+    assert meta.openvino.weights_sha256 == sha256_file(ov_dir / "model.bin")
+    assert meta.onnx_file is None and not (ov_dir / "model.onnx").exists() and "openvino" in meta.exporter_versions
+    xml = (ov_dir / "model.xml").read_text()
+    assert 'element_type="f32"' in xml and 'element_type="f16"' not in xml  # weights not halved on save
+    assert cc.main(["--checkpoint", str(ckpt), "--target", "onnxruntime", "--test-proposals", "50", "--no-verify",
+                    "--out", str(ort_dir)]) == 0
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    template = np.clip(frame.astype(np.int16) + rng.integers(-60, 60, frame.shape), 0, 255).astype(np.uint8)
+    (got,), (want,) = (load_backend(kind, d).detect([frame], [template])
+                       for kind, d in (("openvino", ov_dir), ("onnxruntime", ort_dir)))
+    assert len(want) > 0 and [d.label for d in got] == [d.label for d in want]
+    assert np.allclose([d.box for d in got], [d.box for d in want], atol=1e-3)
+    assert np.allclose([d.score for d in got], [d.score for d in want], atol=1e-5)
+
+
 def test_rddn_cli_delegates_compile(tmp_path: Path) -> None:
     from training.cli import main
 
