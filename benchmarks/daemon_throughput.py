@@ -8,6 +8,8 @@ the measurement is the daemon's rate, not the disk's.
     .venv/bin/python benchmarks/daemon_throughput.py                       # difference detector, 2000 frames
     .venv/bin/python benchmarks/daemon_throughput.py --frames 10000        # memory-flatness run
     .venv/bin/python benchmarks/daemon_throughput.py --backend onnxruntime --artifact inspector/demo/model
+    .venv/bin/python benchmarks/daemon_throughput.py --backend openvino --artifact ART --frames 300 \
+        --backend-threads 2 --workers 1           # a real model (e.g. the shipped DeepPCB INT8 artifact)
 
 Targets (issue 5), with the trivial (difference) detector, 640x640 JPEG, 2 cores: >= 100 frames/s, <= 5 ms of
 the daemon's own work per frame (everything outside decode/align/detect), alarm published <= 20 ms after the
@@ -63,8 +65,11 @@ def main() -> int:
     parser.add_argument("--positions", type=int, default=4)
     parser.add_argument("--distinct", type=int, default=24, help="distinct frame images per position (re-used)")
     parser.add_argument("--defect-rate", type=float, default=0.3)
-    parser.add_argument("--backend", choices=("difference", "onnxruntime"), default="difference")
-    parser.add_argument("--artifact", type=Path)
+    parser.add_argument("--backend", choices=("difference", "onnxruntime", "openvino"), default="difference")
+    parser.add_argument("--artifact", type=Path, help="artifact directory for onnxruntime/openvino")
+    parser.add_argument("--backend-threads", type=int, default=0,
+                        help="inference threads of the model backend (0: the runtime's default, all cores)")
+    parser.add_argument("--workers", type=int, default=2, help="station 'workers' (analysis threads)")
     parser.add_argument("--backlog", type=int, default=256,
                         help="max frames waiting in the drop folder (each waits the camera's stable_s, 0.5 s, "
                              "before it is taken: the backlog must cover rate x stable_s)")
@@ -75,14 +80,18 @@ def main() -> int:
 
     cv2.setNumThreads(args.threads)
     root = Path(tempfile.mkdtemp(prefix="rddn-bench-"))
+    if args.backend != "difference" and args.artifact is None:
+        parser.error(f"--backend {args.backend} needs --artifact DIR")
+    thread_key = {"onnxruntime": "intra_op_threads", "openvino": "threads"}.get(args.backend)
     detector = ({"backend": "difference"} if args.backend == "difference"
-                else {"backend": "onnxruntime", "artifact": str(args.artifact)})
+                else {"backend": args.backend, "artifact": str(args.artifact),
+                      "options": {thread_key: args.backend_threads} if args.backend_threads else {}})
     cfg = parse_station_config({
         "station": "bench", "state_dir": str(root / "state"),
         "bus": {"publish": "tcp://127.0.0.1:*", "replay": "tcp://127.0.0.1:*", "heartbeat_s": 1.0},
         "detector": detector, "thresholds": {"default": 0.5},
         "alarm_rules": [{"class": "*", "severity": "warning", "min_score": 0.5}],
-        "reconcile_interval_s": 3600,
+        "reconcile_interval_s": 3600, "workers": args.workers,
         "cameras": [{"id": "cam1", "drop_folder": str(root / "drop")}],
     }, "<benchmark>")
 
