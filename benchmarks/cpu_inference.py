@@ -115,10 +115,10 @@ class Worker:
                          val_groups=tuple(data["val_groups"]), split="val", test_short_size=self.size,
                          test_max_size=self.size)
         if self.kind in RUNTIMES:
-            from training.engine.evaluate_artifact import evaluate_artifact
+            from training.engine.evaluate import evaluate_artifact
 
-            options = {"intra_op_threads": self.threads} if self.kind == "onnxruntime" else {"threads": self.threads}
-            result = evaluate_artifact(self.spec["artifact"], cfg, backend=self.kind, backend_options=options)
+            result = evaluate_artifact(self.spec["artifact"], cfg, backend=self.kind, threads=self.threads,
+                                       num_examples=0)
         else:
             from training.engine.evaluate import evaluate_model
 
@@ -306,14 +306,15 @@ def count_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def r50_config(proposals: int):
-    """ResNet-50 FPN RDDN with TR-Pre and context reference (the deployment configuration the issue measures)."""
+def rddn_config(depth: int, proposals: int, classes: int = 6):
+    """ResNet-``depth`` FPN RDDN with TR-Pre and context reference (the deployment configuration; gpu_inference.py
+    benchmarks the same)."""
     from training.model.config import ModelConfig
 
     return ModelConfig.model_validate({
         "architecture": "faster",
-        "class_names": [f"defect_{i}" for i in range(6)],
-        "backbone": {"depth": 50},
+        "class_names": [f"defect_{i}" for i in range(classes)],
+        "backbone": {"depth": depth},
         "rpn": {"post_nms_top_n_test": proposals},
         "reference": {"input": "tr_pre"},
         "context": {"enabled": True},
@@ -509,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         size = args.size
         print(f"\n## R50-FPN suite at {size}x{size} (random weights; torchvision eager = the reference)")
         torch.manual_seed(0)
-        r50 = build_model(r50_config(args.proposals), load_pretrained=False).eval()
+        r50 = build_model(rddn_config(50, args.proposals), load_pretrained=False).eval()
         r50_path = save_checkpoint(workdir / "r50.pt", r50)
         tv = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size, max_size=size).eval()
         with torch.inference_mode():

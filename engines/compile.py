@@ -366,7 +366,7 @@ def _int8_accuracy(metadata: ArtifactMetadata, options: CompileOptions, splits: 
                    work: Path, log: StepLog) -> Accuracy:
     """mAP@0.5 of the INT8 artifact and of its own FP32 graph (same runtime, same frames) on the validation
     side; raises RuntimeError when the loss exceeds ``--max-map-loss`` (nothing is then written)."""
-    from training.engine.evaluate_artifact import evaluate_artifact
+    from training.engine.evaluate import evaluate_artifact
 
     assert options.int8 is not None
     backend = metadata.target

@@ -43,8 +43,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--checkpoint", type=Path, help="an rddn training checkpoint (torch)")
     model.add_argument("--artifact", type=Path,
                        help="an artifact directory from rddn compile, run by the daemon's backend (--backend)")
-    p.add_argument("--backend", default="onnxruntime",
-                   help="with --artifact: the daemon backend that runs it (default onnxruntime)")
+    p.add_argument("--backend", default=None,
+                   help="with --artifact: the daemon backend that runs it (default: the artifact's target)")
     p.add_argument("--data", required=True,
                    help="a dataset YAML (a data config, or a training config: its data.val), or a DeepPCB-format root")
     p.add_argument("--list-file", default=None, help="DeepPCB list file (trainval.txt format) inside/for --data")

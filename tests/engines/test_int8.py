@@ -26,7 +26,7 @@ from training.data import DataConfig
 from training.data.deeppcb import DeepPCBReader, read_list_file, split_by_group
 from training.data.synthetic import SyntheticSpec, write_deeppcb_layout
 from training.engine.checkpoint import save_checkpoint
-from training.engine.evaluate_artifact import evaluate_artifact
+from training.engine.evaluate import evaluate_artifact
 from training.model import build_model
 from training.model.config import ModelConfig
 

@@ -96,7 +96,7 @@ def test_cpu_backends_reject_bad_artifacts(tmp_path, tiny_artifact, runtime):
     with pytest.raises(ValueError, match="graph inputs"):
         load_backend(runtime, art2)
     meta.model_copy(update={"model_file": "../b/model.onnx"}).save(art2)
-    with pytest.raises(ValueError, match="outside the artifact"):
+    with pytest.raises(ValueError, match="outside the artifact|inside the artifact directory"):
         load_backend(runtime, art2)
     meta.model_copy(update={"target": "tensorrt"}).save(art2)
     with pytest.raises(ValueError, match="target is 'tensorrt'"):

@@ -257,22 +257,24 @@ def evaluate_checkpoint(
 def evaluate_artifact(
     artifact_dir: str | Path,
     data_cfg,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     *,
-    backend: str = "onnxruntime",
+    backend: str | None = None,
     workers: int = 0,
     num_examples: int = 4,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """``rddn eval --artifact``: run a compiled artifact with the daemon's ``backend`` over the original-size
-    frames (one at a time, as the pipeline calls it), write the report."""
+    """``rddn eval --artifact`` (and the INT8 accuracy ``rddn compile`` records): run a compiled artifact with the
+    daemon's ``backend`` (default: the one its target names) over the original-size frames, one at a time as the
+    pipeline calls it; with ``out_dir``, write the report."""
     from training.data import build_dataset
     from training.engine.predictors import artifact_predictor
 
     dataset = build_dataset(data_cfg, train=False)
     predictor = artifact_predictor(artifact_dir, backend, threads)
     try:
-        return evaluate_predictor(predictor, dataset, Path(out_dir), batch_size=1, workers=workers,
+        return evaluate_predictor(predictor, dataset, Path(out_dir) if out_dir is not None else None, batch_size=1,
+                                  workers=workers,
                                   num_examples=num_examples, extra={"data": data_cfg.model_dump(mode="json")})
     finally:
         predictor.close()

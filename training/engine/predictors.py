@@ -131,19 +131,35 @@ def _onnxruntime_backend(artifact_dir: Path, threads: int | None) -> Any:
     return load_backend("onnxruntime", artifact_dir, **({"intra_op_threads": threads} if threads else {}))
 
 
+def _openvino_backend(artifact_dir: Path, threads: int | None) -> Any:
+    from inspector.backends import load_backend
+
+    return load_backend("openvino", artifact_dir, **({"threads": threads} if threads else {}))
+
+
 #: ``rddn eval --artifact DIR --backend NAME``: NAME -> factory(artifact_dir, threads or None) returning the
 #: daemon's backend object for that runtime. A new runtime is one entry here.
 ARTIFACT_BACKENDS: dict[str, Callable[[Path, int | None], Any]] = {
     "onnxruntime": _onnxruntime_backend,
+    "openvino": _openvino_backend,
 }
+#: The backend that runs each artifact target by default (an onnxruntime artifact also runs on openvino).
+DEFAULT_BACKEND = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
-def artifact_predictor(artifact_dir: Path | str, backend: str = "onnxruntime", threads: int | None = None) -> BackendPredictor:
-    """The predictor for a compiled artifact directory, run by the daemon's ``backend``."""
-    factory = ARTIFACT_BACKENDS.get(backend)
-    if factory is None:
-        raise ValueError(f"--backend {backend!r}: unknown (choose one of {', '.join(sorted(ARTIFACT_BACKENDS))})")
+def artifact_predictor(artifact_dir: Path | str, backend: str | None = None,
+                       threads: int | None = None) -> BackendPredictor:
+    """The predictor for a compiled artifact directory, run by the daemon's ``backend`` (default: the one its
+    metadata's target names)."""
     artifact_dir = Path(artifact_dir)
     if not artifact_dir.is_dir():
         raise FileNotFoundError(f"--artifact {artifact_dir}: not a directory (an artifact written by rddn compile)")
+    if backend is None:
+        from engines.artifact import ArtifactMetadata
+
+        target = ArtifactMetadata.load(artifact_dir).target
+        backend = DEFAULT_BACKEND.get(target, target)
+    factory = ARTIFACT_BACKENDS.get(backend)
+    if factory is None:
+        raise ValueError(f"--backend {backend!r}: unknown (choose one of {', '.join(sorted(ARTIFACT_BACKENDS))})")
     return BackendPredictor(factory(artifact_dir, threads), backend, artifact_dir)

@@ -100,7 +100,7 @@ def to_rois(boxes: Sequence[Tensor]) -> Tensor:
 def select_class_boxes(class_boxes: Tensor, classes: Tensor) -> Tensor:
     """Pick each row's box of the given class: [R, C+1, 4], [R] -> [R, 4]."""
     index = classes.view(-1, 1, 1).expand(-1, 1, 4)
-    return class_boxes.gather(1, index).squeeze(1)
+    return class_boxes.gather(1, index)[:, 0]  # not squeeze(1): that exports as an If on a dynamic shape
 
 
 class RoIHeads(nn.Module):
