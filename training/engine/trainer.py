@@ -353,6 +353,9 @@ class Trainer:
             return None
         from tqdm import tqdm
 
+        # No monitor thread: it outlives the run (one per process, sleeping on a multiprocessing lock), and a
+        # trainer embedded in a longer-lived process (tests, benchmarks) has no use for its miniters tuning.
+        tqdm.monitor_interval = 0
         return tqdm(total=self.total_iters, initial=self.state.iteration, desc="train", dynamic_ncols=True)
 
     def _log_iteration(self, progress, values: dict[str, float], lr: float) -> None:
