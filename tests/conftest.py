@@ -6,6 +6,12 @@ import uuid
 from typing import Iterator
 
 import pytest
+import tqdm
+
+# No tqdm monitor thread in test workers: a worker runs many test files in one process, and the monitor thread a
+# progress bar starts (training, quantisation) outlives them; twice a worker aborted inside it (SIGABRT in its
+# lock acquire) while later tests ran. The product's processes (rddn train/compile) are short-lived and keep it.
+tqdm.tqdm.monitor_interval = 0
 
 POSTGRES_URL_VAR = "RDDN_TEST_POSTGRES_URL"
 NO_POSTGRES = f"{POSTGRES_URL_VAR} not set: no PostgreSQL on this machine (.ci/postgres.sh starts one)"
