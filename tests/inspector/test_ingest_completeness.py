@@ -119,7 +119,7 @@ def test_a_file_that_stops_growing_is_incomplete_only_after_the_timeout(make_con
     empty_at = time.time()
     (drop / "P00_empty.png").write_bytes(b"")
     last_write = chunked_write(drop / "P00_crashed.png", half)  # the writer dies half way
-    wait(lambda: len(rows(daemon)) == 2, timeout=15)
+    wait(lambda: len(rows(daemon)) == 2 and daemon.wait_idle(0.1), timeout=15)  # rows commit before the move
     found = {r.name: r for r in rows(daemon)}
     assert found["P00_crashed.png"].reason_code == QuarantineReason.INCOMPLETE
     assert found["P00_empty.png"].reason_code == QuarantineReason.EMPTY
