@@ -1,13 +1,18 @@
-"""The equal-budget DeepPCB comparison on CPU: baseline / TR-Pre / TR-Inter / TR-Fuse, each with CR.
+"""The DeepPCB recipe study on CPU: named experiments, each trained on an equal process-CPU budget and
+evaluated on the held-out board groups.
 
-Trains the four ``training/configs/deeppcb_cpu_*_cr.yaml`` one after the other (same budget, same seed, same
-held-out board groups), evaluates each checkpoint with ``rddn eval`` on the held-out groups while the next one
-trains (evaluation does not count against the next run's CPU-time budget), and writes a Markdown table.
+Every experiment is a training config plus ``--set`` overrides, listed by name in
+``benchmarks/deeppcb_experiments.yaml`` (the table of the study: one change per row against its reference).
+A run is resumable: a stopped study continues where it was (``rddn train --resume``), a finished run is not
+trained again, an evaluated one not evaluated again.
 
-    .venv/bin/python benchmarks/train_deeppcb_cpu.py [--variants baseline tr_pre ...] [--set key=value ...]
-        [--out benchmarks/results/deeppcb_cpu.md]
+    .venv/bin/python benchmarks/train_deeppcb_cpu.py run NAME [NAME ...] [--parallel 2]
+    .venv/bin/python benchmarks/train_deeppcb_cpu.py table NAME [NAME ...]      # Markdown rows from the reports
+    .venv/bin/python benchmarks/train_deeppcb_cpu.py list                       # the experiments and their commands
 
-Prints one line per finished variant and the final table. Runs go to runs/deeppcb_cpu_<variant>_cr/.
+``--parallel 2`` trains two experiments at once, one torch thread each (the default ``threads: 1`` of the
+experiments file), so the two arms of a comparison see the same machine load. Runs land in
+``runs/deeppcb/<name>/`` (``last.pt``, ``metrics.jsonl``, ``train.log``, ``eval/report.json``).
 """
 from __future__ import annotations
 
@@ -18,84 +23,143 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("baseline", "tr_pre", "tr_inter", "tr_fuse")
-LABELS = {"baseline": "baseline (no reference) + CR", "tr_pre": "TR-Pre + CR", "tr_inter": "TR-Inter + CR",
-          "tr_fuse": "TR-Fuse + CR"}
+EXPERIMENTS = ROOT / "benchmarks" / "deeppcb_experiments.yaml"
+RUNS = ROOT / "runs" / "deeppcb"
+CLASS_ORDER = ("open", "short", "mousebite", "spur", "copper", "pin-hole")
 
 
-def config_path(variant: str) -> Path:
-    return ROOT / "training" / "configs" / f"deeppcb_cpu_{variant}_cr.yaml"
+def load_experiments(path: Path = EXPERIMENTS) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    raw = yaml.safe_load(path.read_text())
+    return raw.get("defaults", {}), raw["experiments"]
 
 
-def run_dir(variant: str) -> Path:
-    return ROOT / "runs" / f"deeppcb_cpu_{variant}_cr"
+def commands(name: str, defaults: dict[str, Any], spec: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(train argv, eval argv) of one experiment, as ``rddn`` sub-commands."""
+    out = RUNS / name
+    sets = [f"output_dir={out.relative_to(ROOT)}", f"name={name}"]
+    sets += [f"{k}={v}" for k, v in {**defaults.get("set", {}), **spec.get("set", {})}.items()]
+    train = ["train", "--config", spec["config"], *[a for s in sets for a in ("--set", s)]]
+    evaluate = ["eval", "--checkpoint", str((out / "last.pt").relative_to(ROOT)), "--data", defaults["data"],
+                "--val-groups", *defaults["val_groups"], "--out", str((out / "eval").relative_to(ROOT)),
+                "--threads", "1", *spec.get("eval_args", [])]
+    return train, evaluate
 
 
-def rddn(*args: str, log: Path) -> subprocess.Popen:
+def finished(out: Path) -> bool:
+    metrics = out / "metrics.jsonl"
+    if not metrics.is_file():
+        return False
+    stops = [json.loads(line) for line in metrics.read_text().splitlines() if '"type": "stop"' in line]
+    return bool(stops) and stops[-1]["reason"] in ("finished", "time_budget")
+
+
+def rddn(argv: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
     log.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "training.cli", *args], cwd=ROOT, env=env, stdout=handle,
-                            stderr=subprocess.STDOUT)
+    with open(log, "a") as handle:
+        return subprocess.Popen([sys.executable, "-m", "training.cli", *argv], cwd=ROOT, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT)
 
 
-def train(variant: str, overrides: list[str]) -> dict:
-    sets = [a for o in overrides for a in ("--set", o)]
-    resume = ["--resume"] if (run_dir(variant) / "last.pt").is_file() else []
-    start = time.monotonic()
-    proc = rddn("train", "--config", str(config_path(variant)), *resume, *sets, log=run_dir(variant).with_suffix(".train.log"))
-    if proc.wait() != 0:
-        raise SystemExit(f"training {variant} failed; see {run_dir(variant).with_suffix('.train.log')}")
-    stop = [json.loads(line) for line in (run_dir(variant) / "metrics.jsonl").read_text().splitlines() if '"stop"' in line][-1]
-    return {"wall_seconds": time.monotonic() - start, "iterations": stop["iteration"], "cpu_seconds": stop["seconds"],
-            "stop_reason": stop["reason"]}
+class Experiment:
+    """One experiment's train-then-evaluate progression, advanced by :meth:`poll`."""
+
+    def __init__(self, name: str, defaults: dict[str, Any], spec: dict[str, Any]) -> None:
+        self.name, self.out = name, RUNS / name
+        self.train_argv, self.eval_argv = commands(name, defaults, spec)
+        self.proc: subprocess.Popen | None = None
+        self.stage = "train"
+
+    def poll(self) -> bool:
+        """Start or check the current stage; True once the experiment is done (or failed)."""
+        if self.proc is not None:
+            code = self.proc.poll()
+            if code is None:
+                return False
+            self.proc = None
+            if code != 0:
+                print(f"{self.name}: {self.stage} failed (exit {code}); see {self.out / (self.stage + '.log')}", flush=True)
+                return True
+            self.stage = "eval" if self.stage == "train" else "done"
+        if self.stage == "train" and finished(self.out):
+            self.stage = "eval"
+        if self.stage == "eval" and (self.out / "eval" / "report.json").is_file():
+            self.stage = "done"
+        if self.stage == "done":
+            print(f"{self.name}: {row(self.name)}", flush=True)
+            return True
+        argv = self.train_argv + (["--resume"] if self.stage == "train" and (self.out / "last.pt").is_file() else [])
+        self.proc = rddn(argv, self.out / f"{self.stage}.log")
+        return False
 
 
-def evaluate(variant: str, data_root: str, val_groups: list[str]) -> subprocess.Popen:
-    return rddn("eval", "--checkpoint", str(run_dir(variant) / "last.pt"), "--data", data_root, "--val-groups",
-                *val_groups, "--out", str(run_dir(variant) / "eval"), "--threads", "1",
-                log=run_dir(variant).with_suffix(".eval.log"))
+def run(names: list[str], parallel: int) -> int:
+    defaults, specs = load_experiments()
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise SystemExit(f"unknown experiments {unknown}; see {EXPERIMENTS}")
+    waiting = [Experiment(n, defaults, specs[n]) for n in names]
+    active: list[Experiment] = []
+    while waiting or active:
+        while waiting and len(active) < parallel:
+            active.append(waiting.pop(0))
+        active = [e for e in active if not e.poll()]
+        time.sleep(5)
+    return 0
 
 
-def table(rows: dict[str, dict]) -> str:
-    lines = [
-        "| variant | iterations | CPU s (budget clock) | train wall s | mAP@0.5 | DeepPCB mAP (IoU>0.33) | DeepPCB F-score | COCO mAP | eval s (161 img) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for variant, r in rows.items():
-        e = r.get("eval", {})
-        fmt = lambda k: f"{100 * e[k]:.1f}" if isinstance(e.get(k), (int, float)) else "-"  # noqa: E731
-        lines.append(
-            f"| {LABELS[variant]} | {r['iterations']} | {r['cpu_seconds']:.0f} | {r['wall_seconds']:.0f} | "
-            f"{fmt('map50')} | {fmt('deeppcb_map')} | {fmt('deeppcb_fscore')} | {fmt('coco_map')} | "
-            f"{e.get('seconds', float('nan')):.0f} |"
-        )
-    return "\n".join(lines)
+def stop_record(out: Path) -> dict[str, Any]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if '"type": "stop"' in line][-1]
+
+
+def row(name: str) -> str:
+    """One Markdown row: iterations, CPU s, the headline figures and AP50 per class."""
+    out = RUNS / name
+    stop = stop_record(out)
+    report = json.loads((out / "eval" / "report.json").read_text())
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    per_class = " / ".join(pct(report["per_class"][c]["ap50"]) for c in CLASS_ORDER if c in report["per_class"])
+    return (f"| {name} | {stop['iteration']} | {stop['seconds']:.0f} | {pct(report['map50'])} | "
+            f"{pct(report['deeppcb_map'])} | {pct(report['deeppcb_fscore'])} | {pct(report['coco_map'])} | {per_class} |")
+
+
+def table(names: list[str]) -> int:
+    print("| experiment | iterations | CPU s | mAP@0.5 | DeepPCB mAP | DeepPCB F | COCO mAP | AP50 open / short / mousebite / spur / copper / pin-hole |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for name in names:
+        print(row(name))
+    return 0
+
+
+def list_experiments() -> int:
+    defaults, specs = load_experiments()
+    for name, spec in specs.items():
+        train, evaluate = commands(name, defaults, spec)
+        print(f"{name}: {spec.get('note', '')}\n  rddn {' '.join(train)}\n  rddn {' '.join(evaluate)}")
+    return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-root", default="../shared/datasets/deeppcb")
-    parser.add_argument("--val-groups", nargs="+", default=["92000", "44000"])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="train (resumable) and evaluate experiments")
+    p_run.add_argument("names", nargs="+")
+    p_run.add_argument("--parallel", type=int, default=1, help="experiments trained at once (one thread each)")
+    p_table = sub.add_parser("table", help="Markdown rows of finished experiments")
+    p_table.add_argument("names", nargs="+")
+    sub.add_parser("list", help="the experiments and their rddn commands")
     args = parser.parse_args()
-    rows: dict[str, dict] = {}
-    pending: list[tuple[str, subprocess.Popen]] = []
-    for variant in args.variants:
-        rows[variant] = train(variant, args.overrides)
-        print(f"{variant}: trained {rows[variant]}", flush=True)
-        pending.append((variant, evaluate(variant, args.data_root, args.val_groups)))
-    for variant, proc in pending:
-        if proc.wait() != 0:
-            print(f"{variant}: evaluation failed; see {run_dir(variant).with_suffix('.eval.log')}", flush=True)
-            continue
-        rows[variant]["eval"] = json.loads((run_dir(variant) / "eval" / "report.json").read_text())
-    (ROOT / "runs" / "deeppcb_cpu_summary.json").write_text(json.dumps(rows, indent=2, default=str))
-    print(table(rows))
-    return 0
+    if args.cmd == "run":
+        return run(args.names, args.parallel)
+    if args.cmd == "table":
+        return table(args.names)
+    return list_experiments()
 
 
 if __name__ == "__main__":
