@@ -85,6 +85,9 @@ class Experiment:
             if code != 0:
                 print(f"{self.name}: {self.stage} failed (exit {code}); see {self.out / (self.stage + '.log')}", flush=True)
                 return True
+            if self.stage == "train" and not finished(self.out):
+                print(f"{self.name}: training stopped before its budget (signal); run again to resume", flush=True)
+                return True
             self.stage = "eval" if self.stage == "train" else "done"
         if self.stage == "train" and finished(self.out):
             self.stage = "eval"
@@ -93,7 +96,10 @@ class Experiment:
         if self.stage == "done":
             print(f"{self.name}: {row(self.name)}", flush=True)
             return True
-        argv = self.train_argv + (["--resume"] if self.stage == "train" and (self.out / "last.pt").is_file() else [])
+        if self.stage == "train":
+            argv = self.train_argv + (["--resume"] if (self.out / "last.pt").is_file() else [])
+        else:
+            argv = self.eval_argv
         self.proc = rddn(argv, self.out / f"{self.stage}.log")
         return False
 
