@@ -127,6 +127,8 @@ def stop_record(out: Path) -> dict[str, Any]:
 def row(name: str) -> str:
     """One Markdown row: iterations, CPU s, the headline figures and AP50 per class."""
     out = RUNS / name
+    if not (out / "eval" / "report.json").exists():
+        return f"| {name} | not evaluated yet | | | | | | |"
     stop = stop_record(out)
     report = json.loads((out / "eval" / "report.json").read_text())
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
