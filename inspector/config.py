@@ -6,7 +6,6 @@ Relative paths are resolved against the directory of the YAML file so a config c
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from pathlib import Path
@@ -20,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from inspector.drift import DriftConfig
 from inspector.metrics import MetricsConfig
 from inspector.outputs.zeromq_replay import ReplayLimits
-from inspector.security import ConnectionLimits, CurveSettings, check_exposure, reachable_from_network
+from inspector.security import (ConnectionLimits, CurveSettings, check_exposure, is_loopback_host,
+                                reachable_from_network)
 from inspector.supervisor import SupervisionConfig
 from inspector.web.config import WebConfig
 
@@ -130,11 +130,7 @@ class OpcUaConfig(_Strict):
 
     @property
     def loopback(self) -> bool:
-        host = urlsplit(self.endpoint).hostname or ""
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return host == "localhost"
+        return is_loopback_host(urlsplit(self.endpoint).hostname or "")
 
 
 class DetectorConfig(_Strict):

@@ -6,13 +6,13 @@ address needs ``web.users`` or ``web.tokens`` (every request then logs in) and e
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import socket
 import threading
 
 from inspector.config import ConfigError, StationConfig
+from inspector.security import is_loopback_host
 
 log = logging.getLogger("inspector.web")
 
@@ -105,13 +105,3 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
-
-
-def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 and ``localhost``; wildcards and every other address are reachable from elsewhere."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        return False
