@@ -7,6 +7,7 @@ runtime maps boxes and labels identically.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -17,7 +18,7 @@ from inspector.backends.base import Detection
 from inspector.backends.frames import detections_from_outputs, resize_batch
 
 
-class GraphBackend:
+class GraphBackend(ABC):
     """``DetectorBackend`` over a compiled artifact run by a CPU graph runtime (see the module docstring)."""
 
     runtime: ClassVar[str]  # backend name used in messages ("onnxruntime", "openvino")
@@ -60,9 +61,9 @@ class GraphBackend:
                              f"metadata.json (needs_template={self.metadata.needs_template}, "
                              f"tr_post={self.metadata.tr_post})")
 
+    @abstractmethod
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One graph run: ``image`` (and ``template``) -> boxes, scores, labels, num_detections."""
-        raise NotImplementedError
+        """One graph run: ``image`` (and ``template``) -> boxes, scores, labels, num_detections (per runtime)."""
 
     def detect(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None]) -> list[list[Detection]]:
         if not images:
