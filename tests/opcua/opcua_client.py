@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, AsyncIterator, Callable, Coroutine, TypeVar
 
 from asyncua import Client, ua
 from asyncua.crypto.cert_gen import dump_private_key_as_pem, generate_private_key, generate_self_signed_app_certificate
@@ -63,6 +64,17 @@ async def connect(url: str, app: Identity | None, user: str | None = None, passw
         await client.load_private_key(str(user_cert.key))
     await client.connect()
     return client
+
+
+@asynccontextmanager
+async def session(url: str, app: Identity | None, **kwargs: Any) -> AsyncIterator[Client]:
+    """One connected session, closed on exit. (Not ``async with await connect(...)``: asyncua's ``Client.__aenter__``
+    connects again, which logs in twice and leaves the first session open.)"""
+    client = await connect(url, app, **kwargs)
+    try:
+        yield client
+    finally:
+        await client.disconnect()
 
 
 async def refusal(url: str, app: Identity | None, **kwargs: Any) -> str:

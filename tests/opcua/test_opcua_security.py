@@ -18,7 +18,7 @@ from inspector.config import ConfigError, parse_station_config
 from inspector.outputs import opcua as opcua_module
 from inspector.outputs.opcua_security import (LoginLimiter, StationUserManager, certificate_uris,
                                               ensure_server_certificate, hash_password, thumbprint, verify_password)
-from opcua_client import Identity, connect, eventually, make_identity, refusal, run
+from opcua_client import Identity, connect, eventually, make_identity, refusal, run, session
 from station_side import Station
 
 PASSWORD = "correct horse battery staple"
@@ -49,7 +49,7 @@ async def reads(client: Client) -> str:
 def test_password_user_on_each_policy(secured: Secured) -> None:
     async def scenario() -> None:
         for policy in ("Aes256Sha256RsaPss", "Aes128Sha256RsaOaep", "Basic256Sha256"):
-            async with await connect(secured.url, secured.plc, user="plc", password=PASSWORD, policy=policy) as c:
+            async with session(secured.url, secured.plc, user="plc", password=PASSWORD, policy=policy) as c:
                 assert await reads(c) == secured.db.session.id
     run(scenario)
 
@@ -111,7 +111,7 @@ def test_unknown_application_is_rejected_until_an_operator_trusts_it(secured: Se
         assert len(rejected) == 1 and rejected[0].read_bytes() == stranger.der
         assert thumbprint(x509.load_der_x509_certificate(stranger.der)) in rejected[0].name
         rejected[0].rename(secured.pki / "trusted" / "certs" / rejected[0].name)  # the operator's mv, no restart
-        async with await connect(secured.url, stranger, user="plc", password=PASSWORD) as c:
+        async with session(secured.url, stranger, user="plc", password=PASSWORD) as c:
             assert await reads(c)
     run(scenario)
 
@@ -128,7 +128,7 @@ def test_certificate_user(secured: Secured) -> None:
     impostor = make_identity(secured.root / "users", "impostor")
 
     async def scenario() -> None:
-        async with await connect(secured.url, secured.plc, user_cert=secured.mes) as c:
+        async with session(secured.url, secured.plc, user_cert=secured.mes) as c:
             assert await reads(c)
         assert "BadUserAccessDenied" in await refusal(secured.url, secured.plc, user_cert=impostor)
     run(scenario)
@@ -136,7 +136,7 @@ def test_certificate_user(secured: Secured) -> None:
 
 def test_users_can_read_but_never_write(secured: Secured) -> None:
     async def scenario() -> None:
-        async with await connect(secured.url, secured.plc, user="plc", password=PASSWORD) as c:
+        async with session(secured.url, secured.plc, user="plc", password=PASSWORD) as c:
             verdict = c.get_node(ua.NodeId("VisionSystem.Cameras.top.LastResult.Verdict", 1))
             with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
                 await verdict.write_value(ua.Variant("OK", ua.VariantType.String))
@@ -176,8 +176,10 @@ def test_a_client_that_stops_reading_is_disconnected(secured: Secured, monkeypat
                 return False
 
         await eventually(reconnected)
-        async with clients[-1] as c:
-            assert await reads(c)
+        try:
+            assert await reads(clients[-1])
+        finally:
+            await clients[-1].disconnect()
     run(scenario)
 
 
@@ -242,7 +244,7 @@ def test_anonymous_only_when_enabled(tmp_path: Path) -> None:
     s = Secured(tmp_path, users={}, certificate_users={}, allow_anonymous=True).start()
     try:
         async def scenario() -> None:
-            async with await connect(s.url, s.plc) as c:
+            async with session(s.url, s.plc) as c:
                 assert await reads(c)
                 with pytest.raises(ua.UaStatusCodeError):
                     await c.get_node(ua.NodeId("VisionSystem.Session", 1)).write_value("x")

@@ -20,7 +20,7 @@ from inspector.outputs import opcua as opcua_module
 from inspector.outputs.opcua import vision_state
 from inspector.outputs.opcua_address_space import parse_result_id
 from inspector.outputs.opcua_security import hash_password
-from opcua_client import MV, EventLog, connect, eventually, run, values
+from opcua_client import MV, EventLog, connect, eventually, run, session, values
 from station_side import CLASSES, Station
 
 SESSION = str(uuid.uuid4())  # for parse_result_id
@@ -38,6 +38,10 @@ def station(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Station]:
 
 def plc_client(st: Station):
     return connect(st.url, st.plc, user="plc", password="s3cret")
+
+
+def plc_session(st: Station):
+    return session(st.url, st.plc, user="plc", password="s3cret")
 
 
 def session_of(st: Station) -> str:
@@ -62,7 +66,7 @@ TIMEOUT = ua.Variant(0, ua.VariantType.Int32)
 
 def test_address_space_is_named_after_opc_40100(station: Station) -> None:
     async def scenario() -> None:
-        async with await plc_client(station) as client:
+        async with plc_session(station) as client:
             mv = await client.get_namespace_index(MV)
             assert (await client.get_namespace_array())[1] == "urn:rddn-inspector:line1"
             vs = node(client, "")
@@ -104,7 +108,7 @@ def test_address_space_is_named_after_opc_40100(station: Station) -> None:
 
 def test_result_ready_event_per_frame_and_last_result(station: Station) -> None:
     async def scenario() -> None:
-        async with await plc_client(station) as client:
+        async with plc_session(station) as client:
             mv = await client.get_namespace_index(MV)
             on_system, on_server = EventLog(), EventLog()
             sub = await client.create_subscription(20, on_system)
@@ -156,7 +160,7 @@ def test_get_result_by_id_is_served_from_the_database(station: Station, monkeypa
         sid = session_of(station)
         result = station.result("NG", labels=("short",), severity="warning")
         result_id = f"{sid}:{result.seq}"
-        async with await plc_client(station) as client:
+        async with plc_session(station) as client:
             handle, payload, error = await call(client, "GetResultById", rid(result_id), TIMEOUT)
             assert (handle, error) == (0, 0) and payload == stored_payload(station, result.seq)  # the bus message
             out = await call(client, "GetResultComponentsById", rid(result_id), TIMEOUT)
@@ -225,7 +229,7 @@ def test_state_machine_follows_the_station(station: Station, monkeypatch: pytest
         await eventually(reached)
 
     async def scenario() -> None:
-        async with await plc_client(station) as client:
+        async with plc_session(station) as client:
             try:
                 monkeypatch.setattr(opcua_module, "EXECUTING_HOLD_S", 0.0)
                 await becomes(client, ("Operational", "Ready", ""))
@@ -276,7 +280,7 @@ def test_publish_never_waits_for_a_stuck_server_thread(station: Station) -> None
     release.set()
 
     async def scenario() -> None:
-        async with await plc_client(station) as client:
+        async with plc_session(station) as client:
             async def caught_up() -> bool:
                 return await node(client, "LastSequence").read_value() == sent[-1].seq
             await eventually(caught_up)
