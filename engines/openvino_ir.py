@@ -12,14 +12,53 @@ openvino backend uses it too when it reads an ONNX artifact directly.
 """
 from __future__ import annotations
 
+import ctypes
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from engines.artifact import OpenVINOInfo, sha256_file
 
 WEIGHTS_SUFFIX = ".bin"
+
+
+class _SignalStack(ctypes.Structure):  # stack_t of <signal.h> (Linux)
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+def signal_stack() -> tuple[int, int, int] | None:
+    """The calling thread's alternate signal stack as (address, flags, size); None where it cannot be read."""
+    if not sys.platform.startswith("linux"):
+        return None
+    current = _SignalStack()
+    if ctypes.CDLL(None, use_errno=True).sigaltstack(None, ctypes.byref(current)) != 0:
+        return None
+    return current.ss_sp or 0, current.ss_flags, current.ss_size
+
+
+@contextmanager
+def signal_stack_kept() -> Iterator[None]:
+    """Run OpenVINO code that creates or drops a CPU plugin with the calling thread's alternate signal stack put
+    back afterwards.
+
+    OpenVINO's CPU plugin installs a signal stack of its own (a buffer it frees when it is destroyed) on the thread
+    that first compiles a model, and puts back the stack it saved when it is destroyed: on whichever thread drops
+    the last reference, in whatever order plugins die. After a reload (a new backend compiled before the old one
+    is closed), or a close on another thread, a thread's signal stack is left pointing at freed memory, and the
+    next signal with a Python handler (SIGTERM, SIGHUP, SIGCHLD) kills the process with a SIGSEGV the kernel
+    raises while building the signal frame (no traceback: faulthandler's own handler needs the same stack).
+    """
+    saved = signal_stack()
+    try:
+        yield
+    finally:
+        if saved is not None and signal_stack() != saved:
+            address, flags, size = saved
+            stack = _SignalStack(address or None, flags, size)
+            ctypes.CDLL(None, use_errno=True).sigaltstack(ctypes.byref(stack), None)
 
 
 def onnx_frontend_extensions() -> list:
@@ -74,7 +113,10 @@ def compile_cpu(model_path: Path, threads: int = 1):
 def run_openvino(model_path: Path, feeds: Mapping[str, np.ndarray], output_names: Sequence[str],
                  threads: int = 1) -> list[np.ndarray]:
     """One run of an IR (``.xml``) or ONNX file on OpenVINO's CPU plugin; outputs in ``output_names`` order."""
-    compiled = compile_cpu(model_path, threads)
-    request = compiled.create_infer_request()
-    request.infer(dict(feeds))
-    return [np.array(request.get_tensor(name).data, copy=True) for name in output_names]
+    with signal_stack_kept():
+        compiled = compile_cpu(model_path, threads)
+        request = compiled.create_infer_request()
+        request.infer(dict(feeds))
+        outputs = [np.array(request.get_tensor(name).data, copy=True) for name in output_names]
+        del request, compiled  # the plugin dies here, inside the guard
+    return outputs

@@ -177,6 +177,39 @@ def test_openvino_backend_is_safe_to_call_from_analysis_threads(tmp_path, tiny_a
         assert results[level] == pytest.approx([level / 255] * 20, abs=1e-5)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack via the C library: Linux")
+def test_openvino_reload_and_close_on_another_thread_keep_signals_safe(tmp_path, tiny_artifact):
+    """A reload (new backend compiled before the old one is closed) and a close on another thread leave every
+    thread's alternate signal stack as it was, so a signal with a Python handler (the daemon's SIGHUP/SIGTERM)
+    is still handled. Without engines.openvino_ir.signal_stack_kept, OpenVINO's CPU plugin leaves the thread's
+    stack on a buffer it has freed and the process dies of SIGSEGV at the next signal: run in a child process,
+    with faulthandler on as in the daemon's tests and under pytest."""
+    art = tiny_artifact(tmp_path / "a", with_template=True)
+    code = f"""
+import os, signal, sys, threading
+import numpy as np
+from engines.openvino_ir import signal_stack
+from inspector.backends import load_backend
+image = np.full((32, 32, 3), 255, np.uint8)
+before = signal_stack()
+old = load_backend("openvino", {str(art)!r})
+old.detect([image], [image])
+new = load_backend("openvino", {str(art)!r})  # a reload: the new backend first
+old.close()
+assert signal_stack() == before, ("after the reload", signal_stack(), before)
+closer = threading.Thread(target=new.close)
+closer.start(); closer.join()
+assert signal_stack() == before, ("after a close on another thread", signal_stack(), before)
+signal.signal(signal.SIGUSR1, lambda *_: print("handled", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+print("alive", flush=True)
+"""
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert (out.returncode, out.stdout.split()) == (0, ["handled", "alive"]), (out.returncode, out.stderr[-2000:])
+
+
 def test_cpu_backends_import_and_run_without_torch(tmp_path, tiny_artifact):
     """The daemon's base install has no torch: both CPU backends import and run with torch unimportable."""
     art = tiny_artifact(tmp_path / "a", with_template=True)
