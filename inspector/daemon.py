@@ -503,8 +503,11 @@ class Daemon:
         if self.state == HealthState.STOPPED:
             return
         self.state = HealthState.STOPPING
-        self._stop_watchers()
         self._stop_supervisor.set()
+        for thread in self._threads:
+            if thread.name == "supervisor":  # a reload in progress finishes first: it may be swapping the watchers
+                thread.join(timeout)
+        self._stop_watchers()
         self._stop_worker.set()
         for thread in self._threads:
             thread.join(timeout)

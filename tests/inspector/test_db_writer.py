@@ -84,3 +84,41 @@ def test_the_writer_survives_a_lost_connection_and_rolls_back_failures(tmp_path)
     assert writer.writes == 2
     writer.close()
     engine.dispose()
+
+
+def test_a_stop_during_a_reload_waits_for_it_and_leaves_no_watcher_running(write_config, wait, monkeypatch):
+    """SIGTERM while the supervisor reloads a camera change: stop lets the reload finish its watcher swap, then
+    stops every watcher. Before, stop iterated the watchers while the reload replaced them (RuntimeError:
+    dictionary changed size during iteration) or stopped the old ones and the reload then started new ones that
+    outlived the daemon."""
+    from inspector.config import load_station_config
+    from inspector.daemon import HealthState
+
+    path = write_config(reconcile_interval_s=0.5)
+    daemon = Daemon(load_station_config(path), config_path=path)
+    daemon.start()
+    started, release = threading.Event(), threading.Event()
+    start_watchers = daemon._start_watchers
+    swapped: list = []
+
+    def parked_start() -> None:  # the reload, parked between stopping the old watchers and starting the new
+        started.set()
+        release.wait(10)
+        start_watchers()
+        swapped.extend(daemon.watchers.values())
+
+    monkeypatch.setattr(daemon, "_start_watchers", parked_start)
+    drop = load_station_config(path).cameras[0].drop_folder
+    write_config(reconcile_interval_s=0.5, cameras=[
+        {"id": "cam1", "drop_folder": str(drop)}, {"id": "cam2", "drop_folder": str(drop.parent / "drop2")}])
+    daemon.request_reload()
+    wait(started.is_set, timeout=10)
+    stopper = threading.Thread(target=daemon.stop)
+    stopper.start()
+    wait(lambda: daemon.state == HealthState.STOPPING, timeout=5)
+    stopper.join(0.5)  # stop has had its chance to run ahead of the parked reload
+    release.set()
+    stopper.join(30)
+    assert not stopper.is_alive() and daemon.state == HealthState.STOPPED
+    assert len(swapped) == 2 and daemon.watchers == {}
+    assert not any(watcher.is_alive() for watcher in swapped)
